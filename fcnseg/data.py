@@ -1,0 +1,190 @@
+"""The input pipeline: small pure tf.data functions (decode, augment, batch).
+
+Images leave the pipeline as float32 RGB in 0..255 (each model normalises its
+own input), labels as int32 train ids where the source's ignore label marks
+void pixels. Labels are only ever resized nearest-neighbour, so no value that
+is not in the label file can appear.
+
+Every random choice is drawn from a stateless op seeded per element, so a run
+with the same seed sees the same crops, flips and colours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation; geometry applies to image and label together,
+    photometric jitter to the image only."""
+
+    scale: tuple[float, float] = (0.75, 1.25)  # random zoom range before cropping to the training size
+    flip: bool = True  # horizontal flip with probability 0.5 (road scenes are left/right symmetric)
+    brightness: float = 0.15  # max additive change, as a fraction of 255
+    contrast: float = 0.2  # contrast factor drawn from [1 - c, 1 + c]
+    saturation: float = 0.2  # saturation factor drawn from [1 - s, 1 + s]
+    gamma: float = 0.2  # gamma drawn from [1 - g, 1 + g]
+
+
+NO_AUGMENT = Augment(scale=(1.0, 1.0), flip=False, brightness=0.0, contrast=0.0, saturation=0.0, gamma=0.0)
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def read_image(path: tf.Tensor) -> tf.Tensor:
+    """Decode a PNG/JPEG/BMP file into a (H, W, 3) uint8 tensor."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def read_index_label(path: tf.Tensor, id_to_train_id: tf.Tensor) -> tf.Tensor:
+    """Decode a single-channel index PNG (8 or 16 bit) and map ids to train ids."""
+    raw = tf.io.decode_png(tf.io.read_file(path), channels=1, dtype=tf.uint16)[..., 0]
+    ids = tf.minimum(tf.cast(raw, tf.int32), tf.shape(id_to_train_id)[0] - 1)
+    return tf.gather(id_to_train_id, ids)
+
+
+def read_color_label(path: tf.Tensor, color_lookup: tf.lookup.StaticHashTable) -> tf.Tensor:
+    """Decode an RGB colour label; exact colour match, unknown colours -> void."""
+    rgb = tf.cast(tf.io.decode_png(tf.io.read_file(path), channels=3), tf.int64)
+    keys = rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
+    return tf.cast(color_lookup.lookup(keys), tf.int32)
+
+
+def color_lookup_table(keys: np.ndarray, train_ids: np.ndarray, default: int) -> tf.lookup.StaticHashTable:
+    init = tf.lookup.KeyValueTensorInitializer(
+        tf.constant(keys, tf.int64), tf.constant(train_ids.astype(np.int64), tf.int64)
+    )
+    return tf.lookup.StaticHashTable(init, default_value=default)
+
+
+def match_label_size(image: tf.Tensor, label: tf.Tensor, path: tf.Tensor, allow_resize: bool) -> tf.Tensor:
+    """Give the label the image's size: nearest-neighbour when the source
+    stores labels at another resolution, otherwise a size mismatch is an error."""
+    if allow_resize:
+        return resize_label(label, tf.shape(image)[:2])
+    tf.debugging.assert_equal(
+        tf.shape(image)[:2], tf.shape(label)[:2], message="label size differs from image size", data=[path]
+    )
+    return label
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def resize_image(image: tf.Tensor, size_hw: tf.Tensor) -> tf.Tensor:
+    return tf.image.resize(tf.cast(image, tf.float32), size_hw, method="bilinear", antialias=True)
+
+
+def resize_label(label: tf.Tensor, size_hw: tf.Tensor) -> tf.Tensor:
+    # Nearest neighbour only: any interpolation would invent label values
+    # (e.g. the average of road=0 and car=13 is some unrelated class).
+    resized = tf.image.resize(label[..., None], size_hw, method="nearest")
+    return tf.cast(resized[..., 0], tf.int32)
+
+
+def resize_pair(image: tf.Tensor, label: tf.Tensor, size_hw: tuple[int, int]) -> tuple[tf.Tensor, tf.Tensor]:
+    return resize_image(image, size_hw), resize_label(label, size_hw)
+
+
+def random_scale(image, label, seed, size_hw, scale_range):
+    """Resize so that the pair covers the training size times a random zoom."""
+    h, w = size_hw
+    s = tf.random.stateless_uniform([], seed, scale_range[0], scale_range[1])
+    new_hw = tf.cast(tf.round(tf.constant([h, w], tf.float32) * s), tf.int32)
+    return resize_image(image, new_hw), resize_label(label, new_hw)
+
+
+def random_crop_or_pad(image, label, seed, size_hw, ignore_label):
+    """Crop (or pad with void) to exactly ``size_hw`` at a random offset."""
+    h, w = size_hw
+    shape = tf.shape(label)
+    pad_h, pad_w = tf.maximum(h - shape[0], 0), tf.maximum(w - shape[1], 0)
+    image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
+    # Padding is void so the loss does not learn that borders are some class.
+    label = tf.pad(label, [[0, pad_h], [0, pad_w]], constant_values=ignore_label)
+    shape = tf.shape(label)
+    max_off = tf.stack([shape[0] - h + 1, shape[1] - w + 1])
+    off = tf.random.stateless_uniform([2], seed, 0, 2**31 - 1, dtype=tf.int32) % max_off
+    image = image[off[0] : off[0] + h, off[1] : off[1] + w]
+    label = label[off[0] : off[0] + h, off[1] : off[1] + w]
+    image.set_shape([h, w, 3])
+    label.set_shape([h, w])
+    return image, label
+
+
+def random_flip(image, label, seed):
+    flip = tf.random.stateless_uniform([], seed) < 0.5
+    image = tf.where(flip, tf.reverse(image, [1]), image)
+    label = tf.where(flip, tf.reverse(label, [1]), label)
+    return image, label
+
+
+def photometric(image, seed, aug: Augment):
+    """Brightness, contrast, saturation and gamma jitter on a 0..255 image."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    x = image / 255.0
+    if aug.brightness:
+        x = x + tf.random.stateless_uniform([], seeds[0], -aug.brightness, aug.brightness)
+    if aug.contrast:
+        f = tf.random.stateless_uniform([], seeds[1], 1 - aug.contrast, 1 + aug.contrast)
+        mean = tf.reduce_mean(x)
+        x = (x - mean) * f + mean
+    if aug.saturation:
+        f = tf.random.stateless_uniform([], seeds[2], 1 - aug.saturation, 1 + aug.saturation)
+        grey = tf.reduce_mean(x, axis=-1, keepdims=True)
+        x = (x - grey) * f + grey
+    x = tf.clip_by_value(x, 0.0, 1.0)
+    if aug.gamma:
+        x = x ** tf.random.stateless_uniform([], seeds[3], 1 - aug.gamma, 1 + aug.gamma)
+    return x * 255.0
+
+
+def augment_pair(image, label, seed, size_hw, ignore_label, aug: Augment):
+    """One training sample's augmentation, fully determined by ``seed``."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    image, label = random_scale(image, label, seeds[0], size_hw, aug.scale)
+    image, label = random_crop_or_pad(image, label, seeds[1], size_hw, ignore_label)
+    if aug.flip:
+        image, label = random_flip(image, label, seeds[2])
+    image = photometric(image, seeds[3], aug)
+    return image, label
+
+
+# ---------------------------------------------------------------- assembly
+
+
+def finish(
+    pairs: tf.data.Dataset,
+    *,
+    size_hw: tuple[int, int],
+    batch_size: int,
+    ignore_label: int,
+    augment: Augment | None,
+    seed: int,
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
+    """Turn decoded (uint8 image, int32 label) pairs into training batches.
+
+    With ``augment`` each element gets its own seed from one seeded stream,
+    so results depend only on ``seed`` and the element order.
+    """
+    if augment is None:
+        ds = pairs.map(lambda i, l: resize_pair(i, l, size_hw), num_parallel_calls=AUTOTUNE)
+    else:
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((pairs, seeds)).map(
+            lambda pair, s: augment_pair(
+                tf.cast(pair[0], tf.float32), pair[1], s, size_hw, ignore_label, augment
+            ),
+            num_parallel_calls=AUTOTUNE,
+        )
+    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)

@@ -1,0 +1,219 @@
+"""The data-source protocol and the base class the built-in sources share.
+
+A source is an object with these attributes (built-in or user-written)::
+
+    name            short name, e.g. "camvid"
+    classes         the ClassTable (name, id, train id, colour per row)
+    image_size      (W, H) the model trains at
+    num_classes, class_names, label_colors, ignore_label   (from the table)
+    num_training, num_validation
+    train_dataset(batch_size) / valid_dataset(batch_size)  -> tf.data.Dataset
+    train_generator(batch_size) / valid_generator(batch_size) -> numpy batches
+
+A user's source file (``fcnseg train --data-source my_source.py``) defines a
+function ``make_source(data_dir, image_size=None, seed=0, **options)`` that
+returns such an object; subclassing ``FileSource`` below makes that a few lines.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from fcnseg.classes import ClassTable
+from fcnseg.errors import FcnsegError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: str
+    label: str | None  # None for unlabelled test images
+
+
+class DataSource:
+    """Everything a source shares; subclasses provide ``elements(split)``."""
+
+    name: str = "source"
+    classes: ClassTable
+    default_image_size: tuple[int, int] = (480, 360)
+
+    def __init__(self, image_size: tuple[int, int] | None = None, seed: int = 0) -> None:
+        self.image_size = tuple(image_size or self.default_image_size)
+        self.seed = seed
+
+    # Derived from the class table, never declared twice.
+    @property
+    def num_classes(self) -> int:
+        return self.classes.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.classes.class_names
+
+    @property
+    def label_colors(self) -> tuple[tuple[int, int, int], ...]:
+        return self.classes.label_colors
+
+    @property
+    def ignore_label(self) -> int:
+        return self.classes.ignore_label
+
+    @property
+    def num_training(self) -> int:
+        return self.split_size("train")
+
+    @property
+    def num_validation(self) -> int:
+        return self.split_size("val")
+
+    def split_size(self, split: str) -> int:
+        raise NotImplementedError
+
+    def elements(self, split: str, shuffle: bool = False, seed: int = 0):
+        """Unbatched (uint8 image (H, W, 3), int32 train-id label (H, W)) pairs."""
+        raise NotImplementedError
+
+    def dataset(self, split: str, batch_size: int, *, training: bool = False, augment=None,
+                seed: int | None = None, drop_remainder: bool = False):
+        """The tf.data pipeline training and evaluation use.
+
+        ``training`` shuffles (pairs are shuffled together, before decoding, so
+        an image can never meet another image's label) and applies ``augment``
+        (default: ``data.Augment()``); otherwise images are resized to
+        ``image_size``, labels nearest-neighbour.
+        """
+        from fcnseg import data
+
+        seed = self.seed if seed is None else seed
+        w, h = self.image_size
+        if training and augment is None:
+            augment = data.Augment()
+        pairs = self.elements(split, shuffle=training, seed=seed)
+        return data.finish(
+            pairs,
+            size_hw=(h, w),
+            batch_size=batch_size,
+            ignore_label=self.ignore_label,
+            augment=augment if training else None,
+            seed=seed,
+            drop_remainder=drop_remainder,
+        )
+
+    def train_dataset(self, batch_size: int, **kwargs):
+        return self.dataset("train", batch_size, training=True, **kwargs)
+
+    def valid_dataset(self, batch_size: int, **kwargs):
+        return self.dataset("val", batch_size, training=False, **kwargs)
+
+    def train_generator(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (images float32 (B,H,W,3) in 0..255, labels int32 (B,H,W)) once through train."""
+        yield from self.train_dataset(batch_size).as_numpy_iterator()
+
+    def valid_generator(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        yield from self.valid_dataset(batch_size).as_numpy_iterator()
+
+    def describe(self) -> dict:
+        """What a checkpoint must remember to predict without the data."""
+        return {"name": self.name, "image_size": list(self.image_size), "classes": self.classes.to_json()}
+
+
+class FileSource(DataSource):
+    """A source backed by image and label files on disk.
+
+    Subclasses implement ``samples(split) -> list[Sample]`` and set
+    ``label_format`` to "index" (single-channel PNG of ids) or "color"
+    (RGB PNG of class colours). ``labels_resized`` says labels may be stored at
+    another resolution than their image (resized nearest-neighbour on load).
+    """
+
+    label_format: str = "index"
+    labels_resized: bool = False
+
+    def __init__(self, data_dir: str | os.PathLike, image_size: tuple[int, int] | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(image_size, seed)
+        self.data_dir = os.fspath(data_dir) if data_dir is not None else None
+        if self.data_dir is None:
+            raise FcnsegError(f"--data-dir is required for the {self.name} source")
+        if not os.path.isdir(self.data_dir):
+            raise FcnsegError(f"data dir {self.data_dir} does not exist or is not a folder")
+        self._samples: dict[str, list[Sample]] = {}
+
+    def samples(self, split: str) -> list[Sample]:
+        raise NotImplementedError
+
+    def cached_samples(self, split: str) -> list[Sample]:
+        if split not in self._samples:
+            self._samples[split] = self.samples(split)
+        return self._samples[split]
+
+    def split_size(self, split: str) -> int:
+        return len(self.cached_samples(split))
+
+    def label_decoder(self):
+        """A function path -> int32 train-id label, built once per pipeline."""
+        import tensorflow as tf
+
+        from fcnseg import data
+
+        if self.label_format == "index":
+            lut = tf.constant(self.classes.id_to_train_id(65536))
+            return lambda path: data.read_index_label(path, lut)
+        keys, train_ids = self.classes.color_keys()
+        table = data.color_lookup_table(keys, train_ids, self.ignore_label)
+        return lambda path: data.read_color_label(path, table)
+
+    def elements(self, split: str, shuffle: bool = False, seed: int = 0):
+        import tensorflow as tf
+
+        from fcnseg import data
+
+        samples = [s for s in self.cached_samples(split) if s.label is not None]
+        if not samples:
+            raise FcnsegError(f"{self.name}: no labelled {split} samples under {self.data_dir}")
+        images = [s.image for s in samples]
+        labels = [s.label for s in samples]
+        ds = tf.data.Dataset.from_tensor_slices((images, labels))
+        if shuffle:
+            ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
+        decode_label = self.label_decoder()
+        allow_resize = self.labels_resized
+
+        def load(image_path, label_path):
+            image = data.read_image(image_path)
+            label = data.match_label_size(image, decode_label(label_path), label_path, allow_resize)
+            return image, label
+
+        return ds.map(load, num_parallel_calls=data.AUTOTUNE)
+
+
+def pair_by_stem(image_dir: str, label_dir: str, label_suffix: str = "", image_exts: Sequence[str] = (
+        ".png", ".jpg", ".jpeg", ".bmp")) -> list[Sample]:
+    """Pair images with labels by file stem (``label = stem + label_suffix``).
+
+    Raises one error naming the first image without a label or label without
+    an image, so a dataset is never silently trained on a subset.
+    """
+    for folder in (image_dir, label_dir):
+        if not os.path.isdir(folder):
+            raise FcnsegError(f"expected folder {folder} does not exist")
+    images = {os.path.splitext(f)[0]: f for f in sorted(os.listdir(image_dir)) if f.lower().endswith(tuple(image_exts))}
+    labels = {}
+    for f in sorted(os.listdir(label_dir)):
+        stem, ext = os.path.splitext(f)
+        if ext.lower() in image_exts and stem.endswith(label_suffix):
+            labels[stem[: len(stem) - len(label_suffix)] if label_suffix else stem] = f
+    missing = sorted(set(images) - set(labels))
+    if missing:
+        raise FcnsegError(f"image {os.path.join(image_dir, images[missing[0]])} has no label in {label_dir}"
+                          f" ({len(missing)} images without labels)")
+    orphans = sorted(set(labels) - set(images))
+    if orphans:
+        raise FcnsegError(f"label {os.path.join(label_dir, labels[orphans[0]])} has no image in {image_dir}"
+                          f" ({len(orphans)} labels without images)")
+    return [Sample(os.path.join(image_dir, images[k]), os.path.join(label_dir, labels[k])) for k in sorted(images)]
