@@ -1,0 +1,159 @@
+"""Small shared pieces for the fcnseg models.
+
+Bilinear kernels for transposed convolutions (Long et al., "Fully Convolutional
+Networks for Semantic Segmentation", CVPR 2015, sec. 3.3), in-model input
+preprocessing, and the pad/crop pair that lets every model take any H x W.
+All custom layers are registered so a saved ``.keras`` model reloads.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import numpy as np
+from keras import ops
+
+# ImageNet statistics. Caffe VGG weights expect BGR minus the per-channel mean
+# in 0..255; torchvision-style encoders expect RGB in 0..1 standardised.
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
+
+
+def scaled(filters: int, width: float) -> int:
+    """Filter count ``filters`` scaled by ``width``, never below 1."""
+    return max(1, int(round(filters * width)))
+
+
+def bilinear_kernel(size: int, channels: int) -> np.ndarray:
+    """Bilinear upsampling kernel for a ``Conv2DTranspose``.
+
+    Same formula as the FCN reference ``upsample_filt``. With ``size = 2 * f``,
+    stride ``f`` and ``padding="same"`` the transposed convolution equals
+    half-pixel bilinear resizing (``tf.image.resize``) away from the border.
+
+    Args:
+        size: kernel size, ``2 * factor`` for an upsampling factor.
+        channels: number of channels; channel ``c`` maps only to channel ``c``.
+
+    Returns:
+        float32 array of shape ``(size, size, channels, channels)``, the
+        ``(k, k, out, in)`` layout Keras uses for transposed convolutions.
+
+    Example:
+        >>> bilinear_kernel(4, 1)[:, :, 0, 0][0]
+        array([0.0625, 0.1875, 0.1875, 0.0625], dtype=float32)
+    """
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = np.arange(size, dtype=np.float64)
+    filt1d = 1.0 - np.abs(og - center) / factor
+    filt = np.outer(filt1d, filt1d).astype(np.float32)
+    kernel = np.zeros((size, size, channels, channels), np.float32)
+    kernel[:, :, np.arange(channels), np.arange(channels)] = filt[..., None]
+    return kernel
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+def bilinear_initializer(shape: Sequence[int], dtype: str | None = None):
+    """Kernel initializer giving a ``Conv2DTranspose`` bilinear upsampling.
+
+    Use with ``kernel_size = 2 * stride``. Input and output channel counts must
+    match (each channel is upsampled on its own).
+
+    Example:
+        >>> up = keras.layers.Conv2DTranspose(
+        ...     21, 4, strides=2, padding="same", use_bias=False,
+        ...     kernel_initializer=bilinear_initializer)
+    """
+    k, k2, out_ch, in_ch = shape
+    if k != k2 or out_ch != in_ch:
+        raise ValueError(f"bilinear kernel needs square size and in == out channels, got {shape}")
+    return ops.convert_to_tensor(bilinear_kernel(k, in_ch), dtype=dtype or "float32")
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class CaffePreprocess(keras.layers.Layer):
+    """RGB 0..255 -> BGR minus ImageNet mean, as Caffe-trained VGG16 expects.
+
+    Example:
+        >>> CaffePreprocess()(np.full((1, 2, 2, 3), 128.0, "float32")).shape
+        TensorShape([1, 2, 2, 3])
+    """
+
+    def call(self, x):
+        x = ops.flip(x, axis=-1)
+        return x - ops.convert_to_tensor(CAFFE_BGR_MEAN, dtype=x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class ImageNetNormalize(keras.layers.Layer):
+    """RGB 0..255 -> (x / 255 - mean) / std, the torchvision convention."""
+
+    def call(self, x):
+        mean = ops.convert_to_tensor(IMAGENET_RGB_MEAN, dtype=x.dtype)
+        std = ops.convert_to_tensor(IMAGENET_RGB_STD, dtype=x.dtype)
+        return (x / 255.0 - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class PadToMultiple(keras.layers.Layer):
+    """Pads H and W at the bottom/right up to a multiple of ``multiple``.
+
+    Padding only at the far end keeps pixel (0, 0) in place, so cropping
+    ``[:H, :W]`` afterwards restores the exact input grid and every stride-s
+    feature map is exactly ``padded / s`` (no off-by-one between skips).
+
+    Args:
+        multiple: the total stride of the network, e.g. 32.
+        mode: ``"constant"`` (zeros; after mean subtraction that is the mean
+            colour, like Caffe FCN's pad 100) or ``"reflect"`` (needs the pad
+            to be smaller than the image side).
+    """
+
+    def __init__(self, multiple: int = 32, mode: str = "constant", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("constant", "reflect"):
+            raise ValueError(f"mode must be 'constant' or 'reflect', got {mode!r}")
+        self.multiple = multiple
+        self.mode = mode
+
+    def call(self, x):
+        shape = ops.shape(x)
+        pad_h = (-shape[1]) % self.multiple
+        pad_w = (-shape[2]) % self.multiple
+        return ops.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]], mode=self.mode)
+
+    def compute_output_shape(self, input_shape):
+        def up(d):
+            return None if d is None else -(-d // self.multiple) * self.multiple
+
+        return (input_shape[0], up(input_shape[1]), up(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "multiple": self.multiple, "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class CropToReference(keras.layers.Layer):
+    """Crops ``x`` to the height and width of ``reference`` (top-left anchored).
+
+    Called as ``CropToReference()([x, reference])``; ``x`` must be at least as
+    large as ``reference``. Works with H/W unknown when the graph is traced.
+    """
+
+    def call(self, inputs):
+        x, reference = inputs
+        ref_shape = ops.shape(reference)
+        return x[:, : ref_shape[1], : ref_shape[2], :]
+
+    def compute_output_shape(self, input_shapes):
+        x_shape, ref_shape = input_shapes
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])

@@ -1,0 +1,111 @@
+"""ResNet18/34 encoders (basic blocks) for LinkNet.
+
+He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016.
+Stride-2 convs pad explicitly by k // 2 on both sides (not Keras "same", which
+pads only bottom/right for even inputs) so the sampling grid matches
+torchvision's ResNet and converted torchvision weights line up.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from fcnseg.models.layers import scaled
+
+# Basic blocks per stage; stage filters are 64, 128, 256, 512.
+RESNET_DEPTHS: dict[str, tuple[int, int, int, int]] = {
+    "resnet18": (2, 2, 2, 2),
+    "resnet34": (3, 4, 6, 3),
+}
+RESNET_FILTERS = (64, 128, 256, 512)
+
+# Encoder outputs, stride 4, 8, 16, 32: LinkNet's encoder1..encoder4. The first
+# three are its skip connections, the last feeds decoder4.
+RESNET_STAGE_OUTPUTS: dict[str, tuple[str, str, str, str]] = {
+    "resnet18": ("stage1_block2_out", "stage2_block2_out", "stage3_block2_out", "stage4_block2_out"),
+    "resnet34": ("stage1_block3_out", "stage2_block4_out", "stage3_block6_out", "stage4_block3_out"),
+}
+
+_BN = dict(epsilon=1e-5, momentum=0.9)  # torch defaults (momentum 0.1 there)
+
+
+def conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, relu: bool = True):
+    """Conv (no bias) + BatchNorm (+ ReLU); torchvision-style padding.
+
+    Layers: ``{name}`` (conv), ``{name}_bn``, ``{name}_relu`` and, for strided
+    convs, ``{name}_pad``.
+
+    Example:
+        >>> y = conv_bn(keras.Input((None, None, 3)), 64, 7, 2, "conv1")
+    """
+    if strides > 1:
+        x = keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
+        padding = "valid"
+    else:
+        padding = "same"
+    x = keras.layers.Conv2D(
+        filters, kernel_size, strides=strides, padding=padding, use_bias=False, name=name
+    )(x)
+    x = keras.layers.BatchNormalization(**_BN, name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+
+def apply_basic_block(x, filters: int, strides: int, name: str):
+    """ResNet basic block: two 3x3 conv-BN, identity or 1x1 projection shortcut.
+
+    Args:
+        x: input (B, H, W, C).
+        filters: output channels (already width-scaled).
+        strides: 2 for the first block of stages 2-4, else 1.
+        name: prefix, e.g. ``"stage2_block1"``; output layer ``{name}_out``.
+
+    Example:
+        >>> y = apply_basic_block(keras.Input((None, None, 64)), 128, 2, "stage2_block1")
+    """
+    shortcut = x
+    if strides != 1 or x.shape[-1] != filters:
+        shortcut = conv_bn(x, filters, 1, strides, f"{name}_proj", relu=False)
+    x = conv_bn(x, filters, 3, strides, f"{name}_conv1")
+    x = conv_bn(x, filters, 3, 1, f"{name}_conv2", relu=False)
+    x = keras.layers.Add(name=f"{name}_add")([x, shortcut])
+    return keras.layers.ReLU(name=f"{name}_out")(x)
+
+
+def _resnet(name: str, width: float) -> keras.Model:
+    inputs = keras.Input((None, None, 3), name="image")
+    x = conv_bn(inputs, scaled(64, width), 7, 2, "conv1")
+    # Zero padding is -inf padding here: inputs are post-ReLU, so >= 0.
+    x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+    feats = {}
+    for s, (blocks, filters) in enumerate(zip(RESNET_DEPTHS[name], RESNET_FILTERS), start=1):
+        for b in range(1, blocks + 1):
+            strides = 2 if s > 1 and b == 1 else 1
+            x = apply_basic_block(x, scaled(filters, width), strides, f"stage{s}_block{b}")
+            feats[f"stage{s}_block{b}_out"] = x
+    return keras.Model(inputs, [feats[n] for n in RESNET_STAGE_OUTPUTS[name]], name=name)
+
+
+def resnet18(width: float = 1.0) -> keras.Model:
+    """ResNet18 encoder without the classifier.
+
+    Args:
+        width: multiplier on every conv's filter count.
+
+    Returns:
+        ``keras.Model`` from a normalised image (B, H, W, 3) to the four stage
+        outputs (strides 4, 8, 16, 32; 64, 128, 256, 512 channels at width 1).
+
+    Example:
+        >>> e1, e2, e3, e4 = resnet18(width=1 / 16)(np.zeros((1, 64, 64, 3), "float32"))
+    """
+    return _resnet("resnet18", width)
+
+
+def resnet34(width: float = 1.0) -> keras.Model:
+    """ResNet34 encoder without the classifier; see :func:`resnet18`.
+
+    Example:
+        >>> encoder = resnet34(width=1 / 16)
+    """
+    return _resnet("resnet34", width)

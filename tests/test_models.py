@@ -1,0 +1,299 @@
+"""Tests for fcnseg.models: shapes, fusion graph, init, parameter counts, weights."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fcnseg.models import MODELS, fcn8s, fcn16s, fcn32s, linknet
+from fcnseg.models.layers import PadToMultiple, bilinear_initializer, bilinear_kernel
+from fcnseg.models.resnet import resnet18
+from fcnseg.models.weights import VGG16_CONV_LAYERS, VGG16_WEIGHTS_FILE, WeightsError
+
+TINY = 1 / 16
+SIZES = [(32, 32), (33, 47), (17, 23), (75, 124)]
+
+
+def _tiny(name: str, num_classes: int = 5) -> keras.Model:
+    return MODELS[name](num_classes, width=TINY)
+
+
+@pytest.fixture(scope="module")
+def tiny_models() -> dict[str, keras.Model]:
+    return {name: _tiny(name) for name in MODELS}
+
+
+def _images(h: int, w: int, batch: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (batch, h, w, 3)).astype("float32")
+
+
+def _inbound(model: keras.Model, name: str) -> list[str]:
+    """Names of the layers whose outputs feed layer ``name``."""
+    node = model.get_layer(name)._inbound_nodes[0]
+    return [t._keras_history.operation.name for t in node.input_tensors]
+
+
+def _consumers(model: keras.Model, name: str) -> list[str]:
+    return [l.name for l in model.layers if l._inbound_nodes and name in _inbound(model, l.name)]
+
+
+# --- layers -------------------------------------------------------------------
+
+
+def test_bilinear_kernel_values():
+    k = bilinear_kernel(4, 2)
+    expected = np.outer([0.25, 0.75, 0.75, 0.25], [0.25, 0.75, 0.75, 0.25])
+    np.testing.assert_allclose(k[:, :, 0, 0], expected)
+    np.testing.assert_allclose(k[:, :, 1, 1], expected)
+    assert not k[:, :, 0, 1].any() and not k[:, :, 1, 0].any()
+
+
+@pytest.mark.parametrize("factor", [2, 8])
+def test_bilinear_transposed_conv_matches_resize(factor):
+    x = _images(12, 10, batch=1) / 255.0
+    up = keras.layers.Conv2DTranspose(
+        3, 2 * factor, strides=factor, padding="same", use_bias=False, kernel_initializer=bilinear_initializer
+    )
+    y = np.asarray(up(x))
+    ref = tf.image.resize(x, (12 * factor, 10 * factor), method="bilinear").numpy()
+    assert y.shape == ref.shape
+    m = factor  # the border rows see zero padding instead of edge clamping
+    np.testing.assert_allclose(y[:, m:-m, m:-m], ref[:, m:-m, m:-m], atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect"])
+def test_pad_to_multiple(mode):
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, PadToMultiple(32, mode=mode)(inputs))
+    x = _images(17, 40, batch=1)
+    y = np.asarray(model(x))
+    assert y.shape == (1, 32, 64, 3)
+    np.testing.assert_array_equal(y[:, :17, :40], x)
+
+
+# --- shapes -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("size", SIZES)
+def test_output_shape_any_size(tiny_models, name, size):
+    y = np.asarray(tiny_models[name](_images(*size)))
+    assert y.shape == (2, *size, 5)
+    assert y.dtype == np.float32
+    assert np.isfinite(y).all()
+
+
+def test_model_names():
+    assert {n: _tiny(n).name for n in MODELS} == {
+        "fcn8s": "fcn8s", "fcn16s": "fcn16s", "fcn32s": "fcn32s", "linknet": "linknet_resnet18",
+    }
+    assert linknet(3, encoder="resnet34", width=TINY).name == "linknet_resnet34"
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_float32_logits_under_mixed_precision(name):
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = _tiny(name)
+        assert model.get_layer("fc7" if name.startswith("fcn") else "final_conv").compute_dtype == "bfloat16"
+        y = model(_images(33, 47, batch=1))
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert y.dtype == "float32" and tuple(y.shape) == (1, 33, 47, 5)
+    assert np.isfinite(np.asarray(y)).all()
+
+
+# --- architecture ----------------------------------------------------------------
+
+
+def test_parameter_counts():
+    # Caffe voc-fcn8s: 134,270,278 incl. deconvolutions; ours 134,489,759.
+    assert abs(fcn8s(21).count_params() - 134.3e6) / 134.3e6 < 0.01
+    # The paper's 11.5M (Torch7 getParameters) counts conv weights and BN
+    # gamma/beta but not BN running statistics: compare trainable weights.
+    # num_classes changes it by 129 per class (<0.03%); 12 = CamVid's 11 + void.
+    model = linknet(12)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert abs(trainable - 11.5e6) / 11.5e6 < 0.01
+    # torchvision resnet18 without fc, plus Keras' BN running statistics.
+    assert model.get_layer("resnet18").count_params() == 11_176_512 + 2 * 4800
+
+
+def test_fcn8s_staged_fusion(tiny_models):
+    m = tiny_models["fcn8s"]
+    assert sorted(_inbound(m, "fuse_pool4")) == ["score_pool4", "upscore2"]
+    assert _inbound(m, "upscore2") == ["score_fr"]
+    assert _inbound(m, "upscore_pool4") == ["fuse_pool4"]
+    assert sorted(_inbound(m, "fuse_pool3")) == ["score_pool3", "upscore_pool4"]
+    assert _inbound(m, "upscore8") == ["fuse_pool3"]
+    assert _inbound(m, "score_pool4") == ["block4_pool"]
+    assert _inbound(m, "score_pool3") == ["block3_pool"]
+    # No parallel path: each score map feeds exactly one fusion.
+    assert _consumers(m, "score_pool4") == ["fuse_pool4"]
+    assert _consumers(m, "score_pool3") == ["fuse_pool3"]
+    assert _consumers(m, "score_fr") == ["upscore2"]
+
+
+def test_fcn16s_and_fcn32s_graph(tiny_models):
+    m16, m32 = tiny_models["fcn16s"], tiny_models["fcn32s"]
+    assert sorted(_inbound(m16, "fuse_pool4")) == ["score_pool4", "upscore2"]
+    assert _inbound(m16, "upscore16") == ["fuse_pool4"]
+    assert _inbound(m32, "upscore32") == ["score_fr"]
+    assert "score_pool3" not in [l.name for l in m16.layers]
+    assert "score_pool4" not in [l.name for l in m32.layers]
+
+
+@pytest.mark.parametrize("name", ["fcn8s", "fcn16s", "fcn32s"])
+def test_fcn_deconvs_bilinear_and_trainable(tiny_models, name):
+    m = tiny_models[name]
+    deconvs = [l for l in m.layers if isinstance(l, keras.layers.Conv2DTranspose)]
+    assert len(deconvs) == {"fcn8s": 3, "fcn16s": 2, "fcn32s": 1}[name]
+    for layer in deconvs:
+        assert layer.trainable and layer.bias is None
+        assert any(w is layer.kernel for w in m.trainable_weights)
+        k = layer.kernel.shape[0]
+        assert k == 2 * layer.strides[0]
+        np.testing.assert_array_equal(np.asarray(layer.kernel), bilinear_kernel(k, 5))
+    for score in ("score_fr", "score_pool4", "score_pool3"):
+        if score in [l.name for l in m.layers]:
+            assert not np.asarray(m.get_layer(score).kernel).any()
+
+
+def test_linknet_structure(tiny_models):
+    m = tiny_models["linknet"]
+    for level in (3, 2, 1):
+        assert sorted(_inbound(m, f"skip{level}")) == sorted([f"decoder{level + 1}_conv2_relu", "resnet18"])
+    deconvs = [l for l in m.layers if isinstance(l, keras.layers.Conv2DTranspose)]
+    assert len(deconvs) == 6 and all(l.trainable for l in deconvs)
+
+
+# --- saving -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["fcn8s", "linknet"])
+def test_keras_save_reload(tiny_models, tmp_path, name):
+    model = tiny_models[name]
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    x = _images(33, 47, batch=1)
+    np.testing.assert_allclose(np.asarray(reloaded(x)), np.asarray(model(x)), atol=1e-5)
+
+
+# --- pretrained weights -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vgg16_files(tmp_path_factory):
+    """A full-size VGG16 with top and one without, written as Keras weights files."""
+    keras.utils.set_random_seed(1)
+    d = tmp_path_factory.mktemp("vgg")
+    top = keras.applications.VGG16(weights=None, include_top=True)
+    top.save_weights(d / "top.weights.h5")
+    notop = keras.applications.VGG16(weights=None, include_top=False)
+    for name in VGG16_CONV_LAYERS:
+        notop.get_layer(name).set_weights(top.get_layer(name).get_weights())
+    notop.save_weights(d / "notop.weights.h5")
+    weights = {l.name: l.get_weights() for l in top.layers if l.get_weights()}
+    return {
+        "top": str(d / "top.weights.h5"),
+        "notop": str(d / "notop.weights.h5"),
+        "weights": weights,
+        "dir": d,
+    }
+
+
+def _check_convs(model, weights):
+    for name in VGG16_CONV_LAYERS:
+        for got, want in zip(model.get_layer(name).get_weights(), weights[name]):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_load_vgg16_with_top(vgg16_files):
+    model = fcn8s(21, encoder_weights=vgg16_files["top"])
+    w = vgg16_files["weights"]
+    _check_convs(model, w)
+    fc6_kernel, fc6_bias = model.get_layer("fc6").get_weights()
+    np.testing.assert_array_equal(fc6_kernel, w["fc1"][0].reshape(7, 7, 512, 4096))
+    np.testing.assert_array_equal(fc6_bias, w["fc1"][1])
+    np.testing.assert_array_equal(model.get_layer("fc7").get_weights()[0][0, 0], w["fc2"][0])
+    # Convolutionalisation is right only if Keras' Flatten order matches the reshape.
+    pool5 = np.random.default_rng(0).standard_normal((1, 7, 7, 512)).astype("float32")
+    dense = pool5.reshape(1, -1) @ w["fc1"][0] + w["fc1"][1]
+    conv = keras.ops.conv(pool5, fc6_kernel, padding="valid") + fc6_bias
+    np.testing.assert_allclose(np.asarray(conv).reshape(1, -1), dense, rtol=1e-4, atol=1e-3)
+
+
+def test_load_vgg16_notop_warns(vgg16_files):
+    with pytest.warns(UserWarning, match="fc6/fc7"):
+        model = fcn32s(21, encoder_weights=vgg16_files["notop"])
+    _check_convs(model, vgg16_files["weights"])
+    fc1_kernel = vgg16_files["weights"]["fc1"][0].reshape(7, 7, 512, 4096)
+    assert not np.array_equal(model.get_layer("fc6").get_weights()[0], fc1_kernel)
+
+
+def test_load_vgg16_legacy_h5(vgg16_files):
+    legacy = pytest.importorskip("keras.src.legacy.saving.legacy_h5_format")
+    import h5py
+
+    path = vgg16_files["dir"] / VGG16_WEIGHTS_FILE
+    src = keras.applications.VGG16(weights=None, include_top=False)
+    src.load_weights(vgg16_files["notop"])
+    with h5py.File(path, "w") as f:
+        legacy.save_weights_to_hdf5_group(f, src)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = fcn16s(21, encoder_weights=str(path))
+    _check_convs(model, vgg16_files["weights"])
+
+
+def _assert_one_line_error(match: str, build, *args, **kwargs):
+    with pytest.raises(WeightsError) as info:
+        build(*args, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg and match in msg, msg
+    assert info.value.__cause__ is None  # no raw h5py/OSError traceback chained
+    return msg
+
+
+def test_missing_and_garbled_files(tmp_path):
+    missing = str(tmp_path / "nope.weights.h5")
+    _assert_one_line_error(missing, fcn8s, 3, encoder_weights=missing)
+    garbled = tmp_path / "garbled.weights.h5"
+    garbled.write_bytes(np.random.default_rng(0).bytes(4096))
+    _assert_one_line_error(str(garbled), fcn8s, 3, encoder_weights=str(garbled))
+    _assert_one_line_error(str(garbled), linknet, 3, encoder_weights=str(garbled), width=TINY)
+
+
+def test_imagenet_offline(monkeypatch):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no internet")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    msg = _assert_one_line_error(VGG16_WEIGHTS_FILE, fcn8s, 3, encoder_weights="imagenet")
+    assert "~/.keras/models" in msg and "--encoder-weights" in msg
+
+
+def test_pretrained_needs_full_width():
+    with pytest.raises(ValueError, match="width"):
+        fcn8s(3, encoder_weights="imagenet", width=0.5)
+
+
+def test_linknet_imagenet_is_clear_error():
+    _assert_one_line_error("local", linknet, 3, encoder_weights="imagenet", width=TINY)
+
+
+def test_linknet_encoder_weights_round_trip(tmp_path):
+    encoder = resnet18(width=TINY)
+    path = str(tmp_path / "resnet18.weights.h5")
+    encoder.save_weights(path)
+    model = linknet(3, encoder_weights=path, width=TINY)
+    got = model.get_layer("resnet18").get_weights()
+    want = encoder.get_weights()
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
