@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 import time
+from typing import Callable
 
 import click
 
@@ -42,6 +43,21 @@ def parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
         return tuple(float(v) for v in value.replace(",", " ").split())
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a list of numbers", param_hint=option) from None
+
+
+def parse_class_weights(value: str | None) -> tuple[float, ...] | None:
+    """Numbers on the command line, or a JSON file: a list, or {"class_weights": [...]}."""
+    if value is None or not os.path.isfile(value):
+        return parse_floats(value, "--class-weights")
+    import json
+
+    try:
+        with open(value) as f:
+            data = json.load(f)
+        weights = data["class_weights"] if isinstance(data, dict) else data
+        return tuple(float(w) for w in weights)
+    except (OSError, ValueError, KeyError, TypeError):
+        raise click.BadParameter(f"{value} holds no list of class weights", param_hint="--class-weights") from None
 
 
 def reports_errors(fn):
@@ -90,7 +106,7 @@ def main() -> None:
               help="Filter-count multiplier; 1.0 is the paper's model.")
 @click.option("--image-size", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
               help="Training size, e.g. 480x360 (default: the source's).")
-@click.option("--epochs", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=6, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--steps-per-epoch", default=None, type=click.IntRange(min=1),
               help="Steps per epoch (default: one pass over the training split).")
@@ -104,8 +120,29 @@ def main() -> None:
               help="Decoupled weight decay.")
 @click.option("--schedule", default="constant", show_default=True,
               type=click.Choice(["constant", "poly", "step", "onecycle"]), help="Learning-rate schedule.")
-@click.option("--class-weights", default=None, metavar="W0,W1,...",
-              help="Per-class loss weights, one per class (e.g. from `fcnseg check-labels`).")
+@click.option("--class-weights", default=None, metavar="W0,W1,...|FILE",
+              help="Per-class loss weights, one per class, or a JSON file holding them "
+                   "(e.g. the class_weights.json that `fcnseg check-labels` writes).")
+@click.option("--loss", default="ce", show_default=True,
+              help="Loss: ce, dice, fbeta, focal, tversky, or a weighted sum such as 'ce+0.5*dice'. "
+                   "Void pixels are ignored by all of them.")
+@click.option("--fbeta", default=None, metavar="B|B0,B1,...",
+              help="Beta of the fbeta loss: one value, or one per class (e.g. 2 for cars, 0.5 for road).")
+@click.option("--focal-gamma", default=2.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--accumulate", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Accumulate gradients over N batches before each update (large images, small memory).")
+@click.option("--mixed-precision", type=click.Choice(["float16", "bfloat16"]), default=None,
+              help="Compute in float16/bfloat16, keep variables, softmax and loss in float32.")
+@click.option("--strategy", default="default", show_default=True,
+              type=click.Choice(["default", "mirrored", "multiworker"]),
+              help="tf.distribute strategy; multiworker reads the cluster from TF_CONFIG.")
+@click.option("--deterministic", is_flag=True, help="Bit-identical reruns (TF op determinism; slower).")
+@click.option("--jit", is_flag=True, help="XLA-compile the training step.")
+@click.option("--image-every", default=1, show_default=True, type=click.IntRange(min=0),
+              help="Epochs between TensorBoard image overlays (0: never).")
+@click.option("--monitor", default="mean_iou", show_default=True,
+              type=click.Choice(["mean_iou", "pixel_accuracy", "mean_accuracy"]),
+              help="Validation figure that selects best.keras.")
 @click.option("--no-augment", is_flag=True, help="Train without random scale/crop/flip/colour jitter.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--run-dir", default=None, type=click.Path(),
@@ -116,7 +153,8 @@ def main() -> None:
 @reports_errors
 def train(data_source, data_dir, source_option, model, encoder, encoder_weights, width, image_size, epochs,
           batch_size, steps_per_epoch, val_steps, optimizer, learning_rate, momentum, weight_decay, schedule,
-          class_weights, no_augment, seed, run_dir, save_every, resume):
+          class_weights, loss, fbeta, focal_gamma, accumulate, mixed_precision, strategy, deterministic, jit,
+          image_every, monitor, no_augment, seed, run_dir, save_every, resume):
     """Train a model; with no options, LinkNet on synthetic scenes (a few minutes on a CPU)."""
     from fcnseg.train import TrainConfig, train as run_training
 
@@ -128,7 +166,10 @@ def train(data_source, data_dir, source_option, model, encoder, encoder_weights,
         model=model, encoder=encoder, encoder_weights=encoder_weights, width=width, image_size=image_size,
         epochs=epochs, batch_size=batch_size, steps_per_epoch=steps_per_epoch, val_steps=val_steps,
         optimizer=optimizer, learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
-        schedule=schedule, class_weights=parse_floats(class_weights, "--class-weights"),
+        schedule=schedule, class_weights=parse_class_weights(class_weights),
+        loss=loss, fbeta=parse_floats(fbeta, "--fbeta") or (1.0,), focal_gamma=focal_gamma,
+        accumulate=accumulate, mixed_precision=mixed_precision, strategy=strategy, deterministic=deterministic,
+        jit_compile=jit, image_every=image_every, monitor=monitor,
         augment=not no_augment, seed=seed, run_dir=run_dir, save_every=save_every,
     )
     best = run_training(config, resume=resume, log=click.echo)
@@ -146,7 +187,114 @@ def list_sources():
             import importlib
 
             mod = importlib.import_module(module.split(":")[0])
-            table = mod.CLASSES
+            table = getattr(mod, "CLASSES", None)
+            if table is None:  # e.g. folder: the classes come with the data
+                note = getattr(mod, "CLASSES_NOTE", "classes defined by the data at run time")
+                click.echo(f"{name:12s}   - classes  {note}")
+                continue
             click.echo(f"{name:12s} {table.num_classes:3d} classes  {', '.join(table.class_names)}")
         except Exception as e:  # a broken plugin must not hide the others
             click.echo(f"{name:12s} (cannot load: {e})")
+
+
+def parse_pairs(values: tuple[str, ...], option: str, parse: Callable[[str], object]) -> tuple:
+    """CLASS=VALUE items -> ((class, parse(value)), ...); the library resolves class names."""
+    pairs = []
+    for item in values:
+        name, sep, value = item.partition("=")
+        try:
+            pairs.append((name.strip(), parse(value.strip())))
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{item!r} is not in the form the help shows", param_hint=option)
+    return tuple(pairs)
+
+
+def _morphology_value(value: str) -> tuple[str, int]:
+    op, _, size = value.partition(":")
+    return op, int(size or 3)
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="A .keras checkpoint written by `fcnseg train` (e.g. RUN_DIR/best.keras).")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option("--output-dir", "-o", required=True, type=click.Path(file_okay=False),
+              help="Where NAME_label.png, NAME_color.png and NAME_overlay.png go (created if missing).")
+@click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Images (or sliding-window tiles) per model call.")
+@click.option("--window", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
+              help="Predict images larger than WxH in overlapping WxH tiles, averaging probabilities "
+                   "(default: the whole image at once).")
+@click.option("--overlap", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Fraction of a window shared with its neighbour.")
+@click.option("--flip", is_flag=True, help="Test-time augmentation: average with the horizontally flipped image.")
+@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Weight of the class colour in the overlay.")
+@click.option("--threshold", multiple=True, metavar="CLASS=P",
+              help="A class whose probability is below P cannot win, e.g. road=0.7 (repeatable; "
+                   "CLASS is a name or train id). Pixels no class passes become void.")
+@click.option("--morphology", multiple=True, metavar="CLASS=OP:K",
+              help="erode, dilate, open or close the mask of CLASS with a KxK square, e.g. car=open:5 "
+                   "(repeatable, applied in order after the thresholds).")
+@click.option("--static-mask", type=click.Path(dir_okay=False), default=None,
+              help="PNG of the images' size; its non-zero pixels are forced to --static-mask-class "
+                   "(e.g. the camera hood).")
+@click.option("--static-mask-class", default="void", show_default=True,
+              help="Class name, train id or 'void' for the --static-mask pixels.")
+@reports_errors
+def predict(checkpoint, inputs, output_dir, batch_size, window, overlap, flip, alpha, threshold, morphology,
+            static_mask, static_mask_class):
+    """Segment images, folders, globs or videos (frame by frame) with a checkpoint.
+
+    Writes three PNGs per image or video frame: the label (uint8 train ids, void = the
+    checkpoint's ignore label), the colour mask and the overlay. Video frames are named
+    VIDEO-STEM_FRAME (6 digits). Unreadable inputs are reported and skipped; the exit status
+    is then 1.
+    """
+    from fcnseg.predict import PredictConfig, count_frames, expand_inputs, predict as run_predict
+
+    config = PredictConfig(
+        checkpoint=checkpoint, inputs=inputs, output_dir=output_dir, batch_size=batch_size, window=window,
+        overlap=overlap, flip=flip, alpha=alpha, thresholds=parse_pairs(threshold, "--threshold", float),
+        morphology=tuple((c, op, k) for c, (op, k) in parse_pairs(morphology, "--morphology", _morphology_value)),
+        static_mask=static_mask, static_class=static_mask_class,
+    )
+    total = count_frames(expand_inputs(inputs)[0])
+    with click.progressbar(length=total, label="predicting", file=sys.stderr) as bar:
+        result = run_predict(config, log=lambda m: click.echo(m, err=True), progress=bar.update)
+    if result.written:
+        click.echo(f"wrote {result.written} x 3 PNGs to {output_dir}: "
+                   f"{1000 * result.model_seconds / result.written:.1f} ms per image (model + post-processing), "
+                   f"{1000 * result.total_seconds / result.written:.1f} ms end to end")
+    if result.failed:
+        raise FcnsegError(f"{len(result.failed)} input(s) could not be read: {', '.join(result.failed[:5])}"
+                          + (" ..." if len(result.failed) > 5 else ""))
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="A .keras checkpoint written by `fcnseg train`.")
+@click.option("--format", "fmt", required=True, type=click.Choice(["savedmodel", "tflite", "onnx"]),
+              help="savedmodel: a folder for TF Serving; tflite: a .tflite file; onnx: a .onnx file "
+                   '(needs pip install "fcnseg[export]").')
+@click.option("--output", required=True, type=click.Path(),
+              help="Folder (savedmodel, e.g. models/fcnseg/1 for TF Serving) or file to write.")
+@click.option("--image-size", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
+              help="Fix the input size. TFLite always has a fixed (1, H, W, 3) input: default the "
+                   "checkpoint's training size. SavedModel and ONNX default to any batch and size.")
+@click.option("--float16", is_flag=True, help="TFLite: store weights as float16 (half the size).")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(min=13), help="ONNX opset.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
+@reports_errors
+def export(checkpoint, fmt, output, image_size, float16, opset, overwrite):
+    """Export a checkpoint as a SavedModel, TFLite or ONNX model.
+
+    Every format takes uint8 RGB images 'images' (B, H, W, 3) and returns 'classes' (int32 train
+    ids, B x H x W) and 'probabilities' (float32 softmax, B x H x W x C).
+    """
+    from fcnseg.export import ExportConfig, export as run_export
+
+    run_export(ExportConfig(checkpoint=checkpoint, format=fmt, output=output, image_size=image_size,
+                            float16=float16, opset=opset, overwrite=overwrite), log=click.echo)

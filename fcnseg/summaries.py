@@ -1,4 +1,6 @@
-"""TensorBoard logging: scalars by name, per-class IoU under class names."""
+"""TensorBoard logging for a run: scalars by name (per-class IoU under class
+names, ``iou/road``), image overlays of fixed validation samples, the confusion
+matrix as an image, and the run's hyperparameters for the HParams dashboard."""
 
 from __future__ import annotations
 
@@ -7,30 +9,62 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from fcnseg import overlay
+
 
 class Writers:
-    """Event-file writers for ``RUN_DIR/logs/train`` and ``RUN_DIR/logs/val``."""
+    """Event-file writers for ``RUN_DIR/logs/train`` and ``RUN_DIR/logs/val``.
 
-    def __init__(self, run_dir: str) -> None:
-        self.train = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "train"))
-        self.val = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "val"))
+    ``enabled=False`` (non-chief workers of a multi-worker run) writes nothing.
+    """
 
-    def scalars(self, which: str, step: int, values: dict[str, float]) -> None:
-        writer = self.train if which == "train" else self.val
-        with writer.as_default(step=step):
+    def __init__(self, run_dir: str, enabled: bool = True) -> None:
+        self.enabled = enabled
+        if enabled:
+            self.train = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "train"))
+            self.val = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "val"))
+
+    def scalars(self, which: str, step: int, values: dict[str, float | None]) -> None:
+        if not self.enabled:
+            return
+        with (self.train if which == "train" else self.val).as_default(step=step):
             for name, value in values.items():
                 if value is not None:
                     tf.summary.scalar(name, value)
 
-    def epoch(self, step: int, scores: dict, class_names, cm: np.ndarray) -> None:
-        values = {"mean_iou": scores["mean_iou"], "pixel_accuracy": scores["pixel_accuracy"],
+    def epoch(self, step: int, scores: dict, class_names, val_loss: float | None = None) -> None:
+        values = {"loss": val_loss, "mean_iou": scores["mean_iou"], "pixel_accuracy": scores["pixel_accuracy"],
                   "mean_accuracy": scores["mean_accuracy"]}
         for name in class_names:
-            iou = scores["per_class"][name]["iou"]
-            values[f"iou/{name}"] = iou
+            values[f"iou/{name}"] = scores["per_class"][name]["iou"]
         self.scalars("val", step, values)
+
+    def images(self, step: int, images: np.ndarray, truths: np.ndarray, preds: np.ndarray, classes,
+               cm: np.ndarray) -> None:
+        """Input | truth | prediction panels and the confusion matrix."""
+        if not self.enabled:
+            return
+        palette = classes.palette()
+        panels = np.stack([
+            overlay.side_by_side(img, t, p, palette, classes.class_names, classes.label_colors,
+                                 classes.ignore_label)
+            for img, t, p in zip(images, truths, preds)
+        ])
+        with self.val.as_default(step=step):
+            tf.summary.image("overlays/input_truth_prediction", panels, max_outputs=len(panels))
+            tf.summary.image("confusion_matrix", overlay.confusion_image(cm, classes.class_names)[None])
         self.val.flush()
 
+    def hparams(self, hparams: dict) -> None:
+        if not self.enabled:
+            return
+        from tensorboard.plugins.hparams import api as hp
+
+        clean = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in hparams.items()}
+        with self.val.as_default():
+            hp.hparams(clean)
+
     def close(self) -> None:
-        self.train.close()
-        self.val.close()
+        if self.enabled:
+            self.train.close()
+            self.val.close()

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -35,7 +36,7 @@ class TrainConfig:
     encoder_weights: str | None = None  # None, "imagenet" (FCN) or a local weights file
     width: float = 1.0  # filter-count multiplier (1.0 = the paper's model)
     image_size: tuple[int, int] | None = None  # (W, H) to train at; None = the source's default
-    epochs: int = 8
+    epochs: int = 6
     batch_size: int = 8
     steps_per_epoch: int | None = None  # None = one pass over the training split
     val_steps: int | None = None  # None = the whole validation split
@@ -44,7 +45,17 @@ class TrainConfig:
     momentum: float = 0.9  # SGD / RMSprop momentum
     weight_decay: float = 0.0  # decoupled weight decay
     schedule: str = "constant"  # constant | poly | step | onecycle
+    loss: str = "ce"  # weighted sum of ce | dice | fbeta | focal | tversky, e.g. "ce+0.5*dice"
     class_weights: tuple[float, ...] | None = None  # per-class loss weights (e.g. median frequency)
+    fbeta: tuple[float, ...] = (1.0,)  # F-beta loss: one beta or one per class
+    focal_gamma: float = 2.0  # focal loss focusing parameter
+    accumulate: int = 1  # apply gradients every N batches (large images on small memory)
+    mixed_precision: str | None = None  # None | float16 | bfloat16 (softmax and loss stay float32)
+    strategy: str = "default"  # default | mirrored | multiworker (reads TF_CONFIG)
+    deterministic: bool = False  # enable TF op determinism (bit-identical reruns, slower)
+    jit_compile: bool = False  # XLA-compile the training step
+    image_every: int = 1  # epochs between TensorBoard image overlays (0 = never)
+    num_images: int = 4  # validation samples shown in TensorBoard
     augment: bool = True  # random scale/crop/flip + photometric jitter on training images
     seed: int = 0
     run_dir: str = "runs/run"
@@ -57,7 +68,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, data: dict) -> "TrainConfig":
         data = dict(data)
-        for key in ("image_size", "class_weights"):
+        for key in ("image_size", "class_weights", "fbeta"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -134,15 +145,21 @@ def OneCycle(max_lr: float, total_steps: int):  # noqa: N802 - reads like the cl
 def make_optimizer(config: TrainConfig, total_steps: int):
     import keras
 
+    if config.optimizer not in OPTIMIZERS:
+        raise FcnsegError(f"--optimizer {config.optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
     lr = make_schedule(config, total_steps)
-    wd = config.weight_decay or None
+    common = {"weight_decay": config.weight_decay or None,
+              "gradient_accumulation_steps": config.accumulate if config.accumulate > 1 else None}
     if config.optimizer == "adam":
-        return keras.optimizers.AdamW(lr, weight_decay=wd) if wd else keras.optimizers.Adam(lr)
-    if config.optimizer == "sgd":
-        return keras.optimizers.SGD(lr, momentum=config.momentum, weight_decay=wd)
-    if config.optimizer == "rmsprop":
-        return keras.optimizers.RMSprop(lr, momentum=config.momentum, weight_decay=wd)
-    raise FcnsegError(f"--optimizer {config.optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+        opt = keras.optimizers.AdamW(lr, **common) if config.weight_decay else keras.optimizers.Adam(lr, **common)
+    elif config.optimizer == "sgd":
+        opt = keras.optimizers.SGD(lr, momentum=config.momentum, **common)
+    else:
+        opt = keras.optimizers.RMSprop(lr, momentum=config.momentum, **common)
+    if config.mixed_precision == "float16":
+        # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
+        opt = keras.optimizers.LossScaleOptimizer(opt)
+    return opt
 
 
 def build_model(config: TrainConfig, num_classes: int):
@@ -159,6 +176,51 @@ def build_model(config: TrainConfig, num_classes: int):
         raise FcnsegError(str(e).splitlines()[0]) from e
 
 
+STRATEGIES = ("default", "mirrored", "multiworker")
+PRECISIONS = (None, "float16", "bfloat16")
+
+
+def make_strategy(name: str):
+    """The tf.distribute strategy; multiworker reads the cluster from TF_CONFIG."""
+    import tensorflow as tf
+
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise FcnsegError("--strategy multiworker needs the TF_CONFIG environment variable (cluster and task)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise FcnsegError(f"--strategy {name!r} is unknown; choose one of {', '.join(STRATEGIES)}")
+
+
+def is_chief() -> bool:
+    """True unless TF_CONFIG says this process is a non-chief worker."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    task = tf_config.get("task", {})
+    cluster = tf_config.get("cluster", {})
+    if not task:
+        return True
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and task.get("index", 0) == 0 and "chief" not in cluster
+
+
+def _validate(config: TrainConfig) -> None:
+    if config.optimizer not in OPTIMIZERS:
+        raise FcnsegError(f"--optimizer {config.optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
+    if config.schedule not in SCHEDULES:
+        raise FcnsegError(f"--schedule {config.schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}")
+    if config.strategy not in STRATEGIES:
+        raise FcnsegError(f"--strategy {config.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
+    if config.mixed_precision not in PRECISIONS:
+        raise FcnsegError(f"--mixed-precision {config.mixed_precision!r} is unknown; choose float16 or bfloat16")
+    from fcnseg.losses import parse_spec
+
+    parse_spec(config.loss)
+
+
 def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict:
     """Train as ``config`` says; returns the best validation scores.
 
@@ -166,65 +228,107 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     state (its config.json wins over ``config``, except ``epochs``).
     """
     import keras
+
+    chief = is_chief()
+    if resume:
+        check_run_dir(config.run_dir, resume=True)
+        with open(os.path.join(config.run_dir, "config.json")) as f:
+            saved = TrainConfig.from_json({k: v for k, v in json.load(f).items() if k in _FIELDS})
+        config = dataclasses.replace(saved, epochs=config.epochs, run_dir=config.run_dir)
+    _validate(config)
+    # Non-chief workers of a multi-worker run must still save (saving is a
+    # collective operation) but into a scratch folder that is thrown away.
+    if chief:
+        work_dir = config.run_dir
+        if not resume:
+            check_run_dir(config.run_dir, resume=False)
+    else:
+        work_dir = tempfile.mkdtemp(prefix="fcnseg-worker-")
+
+    previous_policy = keras.mixed_precision.dtype_policy()
+    try:
+        if config.mixed_precision:
+            keras.mixed_precision.set_dtype_policy(f"mixed_{config.mixed_precision}")
+        return _train(config, resume, log, chief, work_dir)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous_policy)
+
+
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _train(config: TrainConfig, resume: bool, log, chief: bool, work_dir: str) -> dict:
+    import keras
     import tensorflow as tf
 
     from fcnseg import checkpoint, evaluate, losses, sources, summaries
 
-    check_run_dir(config.run_dir, resume)
-    if resume:
-        with open(os.path.join(config.run_dir, "config.json")) as f:
-            saved = TrainConfig.from_json(json.load(f))
-        config = dataclasses.replace(saved, epochs=config.epochs, run_dir=config.run_dir)
-
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    strategy = make_strategy(config.strategy)
     source = sources.load(config.data_source, config.data_dir, config.image_size, config.seed,
                           **config.source_options)
     num_classes = source.num_classes
     if config.class_weights is not None and len(config.class_weights) != num_classes:
         raise FcnsegError(f"--class-weights has {len(config.class_weights)} values but the {source.name} source "
                           f"has {num_classes} classes")
-    if config.optimizer not in OPTIMIZERS:
-        raise FcnsegError(f"--optimizer {config.optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
-    if config.schedule not in SCHEDULES:
-        raise FcnsegError(f"--schedule {config.schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}")
     steps_per_epoch = config.steps_per_epoch or max(1, math.ceil(source.num_training / config.batch_size))
     total_steps = steps_per_epoch * config.epochs
 
     keras.utils.set_random_seed(config.seed)
-    model = build_model(config, num_classes)
-    optimizer = make_optimizer(config, total_steps)
-    loss_fn = losses.masked_cross_entropy(num_classes, config.class_weights)
+    with strategy.scope():
+        model = build_model(config, num_classes)
+        # The schedule counts optimizer updates, which accumulation makes fewer.
+        optimizer = make_optimizer(config, max(1, total_steps // config.accumulate))
+        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+        best = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_metric")
+    opts = losses.LossOptions(class_weights=config.class_weights, fbeta=tuple(config.fbeta),
+                              focal_gamma=config.focal_gamma)
+    loss_fn = losses.make_loss(config.loss, num_classes, opts)
+    eval_loss = losses.make_loss(config.loss, num_classes, opts)
 
     meta = {"model": config.model, "encoder": config.encoder, "source": source.describe(),
             "config": config.to_json()}
-    with open(os.path.join(config.run_dir, "config.json"), "w") as f:
-        json.dump(config.to_json() | {"resolved_image_size": list(source.image_size)}, f, indent=1)
+    if chief:
+        _write_json(os.path.join(config.run_dir, "config.json"),
+                    config.to_json() | {"resolved_image_size": list(source.image_size)})
 
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    best = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_metric")
     state = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, best=best)
-    manager = tf.train.CheckpointManager(state, os.path.join(config.run_dir, "state"), max_to_keep=1)
+    manager = tf.train.CheckpointManager(state, os.path.join(work_dir, "state"), max_to_keep=1)
     if resume:
-        if manager.latest_checkpoint is None:
+        latest = tf.train.latest_checkpoint(os.path.join(config.run_dir, "state"))
+        if latest is None:
             raise FcnsegError(f"--resume: {config.run_dir} has no saved training state yet")
-        state.restore(manager.latest_checkpoint).expect_partial()
+        state.restore(latest).expect_partial()
         log(f"resumed {config.run_dir} at step {int(step.numpy())}")
 
-    @tf.function
-    def train_step(images, labels):
+    replicas = strategy.num_replicas_in_sync
+
+    def step_fn(images, labels):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             loss = loss_fn(labels, logits)
-        grads = tape.gradient(loss, model.trainable_variables)
+            # Gradients are summed over replicas; dividing here makes them a mean.
+            scaled = optimizer.scale_loss(loss / replicas) if hasattr(optimizer, "scale_loss") else loss / replicas
+        grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
-    writers = summaries.Writers(config.run_dir)
+    @tf.function(jit_compile=config.jit_compile or None)
+    def train_step(images, labels):
+        per_replica = strategy.run(step_fn, args=(images, labels))
+        return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+    writers = summaries.Writers(config.run_dir, enabled=chief)
+    if not resume:
+        writers.hparams({k: v for k, v in config.to_json().items() if k not in ("run_dir", "source_options")})
     history_path = os.path.join(config.run_dir, "history.json")
     history = json.load(open(history_path)) if resume and os.path.exists(history_path) else []
     best_scores: dict = history[-1].get("best", {}) if history else {}
     val_ds = source.valid_dataset(config.batch_size)
     if config.val_steps:
         val_ds = val_ds.take(config.val_steps)
+    shown = _fixed_samples(source, config.num_images)
 
     start_epoch = int(step.numpy()) // steps_per_epoch
     for epoch in range(start_epoch, config.epochs):
@@ -234,46 +338,67 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
         train_ds = source.dataset("train", config.batch_size, training=True, seed=config.seed + epoch,
                                   augment=None if config.augment else _no_augment())
         train_ds = train_ds.repeat().skip(done_in_epoch).take(steps_per_epoch - done_in_epoch)
+        if config.strategy != "default":
+            options = tf.data.Options()
+            # Generated and file-list datasets cannot be sharded by file: shard by element.
+            options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+            train_ds = strategy.experimental_distribute_dataset(train_ds.with_options(options))
         log(f"epoch {epoch + 1}/{config.epochs}")
-        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["lr"])
+        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["lr"], verbose=1 if chief else 0)
         bar.update(done_in_epoch)
         t0, losses_seen = time.time(), []
         try:
             for images, labels in train_ds:
                 loss = float(train_step(images, labels))
                 step.assign_add(1)
-                lr = _current_lr(optimizer)
+                now, lr = int(step.numpy()), _current_lr(optimizer)
                 if not np.isfinite(loss):
-                    raise FcnsegError(f"loss became {loss} at step {int(step.numpy())} (learning rate {lr:.3g}); "
-                                      f"stopped, the last good state is in {config.run_dir}/state")
+                    raise FcnsegError(f"loss became {loss} at step {now} (learning rate {lr:.3g}); stopped, "
+                                      f"the last good state is in {config.run_dir}/state")
                 losses_seen.append(loss)
-                writers.scalars("train", int(step.numpy()), {"loss": loss, "learning_rate": lr})
+                writers.scalars("train", now, {"loss": loss, "learning_rate": lr})
                 bar.add(1, [("loss", loss), ("lr", lr)])
-                if int(step.numpy()) % config.save_every == 0:
-                    manager.save(checkpoint_number=int(step.numpy()))
+                if now % config.save_every == 0:
+                    manager.save(checkpoint_number=now)
         except tf.errors.InvalidArgumentError as e:
             raise FcnsegError(_data_error(e, source)) from None
-        cm = evaluate.confusion_matrix(model, val_ds, num_classes)
+        now = int(step.numpy())
+        cm, val_loss = evaluate.confusion_matrix(model, val_ds, num_classes, loss_fn=eval_loss)
         scores = _scores(cm, source.class_names)
-        val_loss = None
-        writers.epoch(int(step.numpy()), scores, source.class_names, cm)
+        writers.scalars("train", now, {"epoch_loss": float(np.mean(losses_seen or [np.nan]))})
+        writers.epoch(now, scores, source.class_names, val_loss)
+        if config.image_every and (epoch + 1) % config.image_every == 0 and shown is not None:
+            preds = np.argmax(model(shown[0], training=False), axis=-1)
+            writers.images(now, shown[0], shown[1], preds, source.classes, cm)
         improved = scores[config.monitor] > float(best.numpy())
         if improved:
             best.assign(scores[config.monitor])
             best_scores = scores
-            checkpoint.save(model, os.path.join(config.run_dir, "best.keras"), meta | {"epoch": epoch + 1})
-        checkpoint.save(model, os.path.join(config.run_dir, "last.keras"), meta | {"epoch": epoch + 1})
-        manager.save(checkpoint_number=int(step.numpy()))
-        history.append({"epoch": epoch + 1, "step": int(step.numpy()), "train_loss": float(np.mean(losses_seen or [0])),
+        # Every worker saves (saving may need all of them); only the chief's folder is the run dir.
+        if improved:
+            checkpoint.save(model, os.path.join(work_dir, "best.keras"), meta | {"epoch": epoch + 1})
+        checkpoint.save(model, os.path.join(work_dir, "last.keras"), meta | {"epoch": epoch + 1})
+        manager.save(checkpoint_number=now)
+        history.append({"epoch": epoch + 1, "step": now, "train_loss": float(np.mean(losses_seen or [np.nan])),
                         "val_loss": val_loss, "seconds": round(time.time() - t0, 1),
                         "mean_iou": scores["mean_iou"], "pixel_accuracy": scores["pixel_accuracy"],
                         "iou": {k: v["iou"] for k, v in scores["per_class"].items()},
                         "best": {k: best_scores[k] for k in ("mean_iou", "pixel_accuracy")}})
-        _write_json(history_path, history)
-        log(f"val mIoU {scores['mean_iou']:.4f}  pixel acc {scores['pixel_accuracy']:.4f}"
+        if chief:
+            _write_json(history_path, history)
+        log(f"val loss {val_loss if val_loss is not None else float('nan'):.4f}  mIoU {scores['mean_iou']:.4f}  pixel acc {scores['pixel_accuracy']:.4f}"
             f"{'  (best so far, saved best.keras)' if improved else ''}")
     writers.close()
     return best_scores
+
+
+def _fixed_samples(source, n: int):
+    """The first ``n`` validation samples, the same every epoch, for TensorBoard."""
+    if n <= 0:
+        return None
+    for images, labels in source.valid_dataset(n).take(1):
+        return images.numpy(), labels.numpy()
+    return None
 
 
 def _no_augment():

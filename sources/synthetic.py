@@ -11,7 +11,7 @@ No folder tree: scenes are rendered on the fly, deterministically from
 (seed, split, index), at any image size.
 
 Options (``--source-option key=value``):
-    train_size   scenes per training epoch (default 512)
+    train_size   scenes per training epoch (default 384)
     val_size     validation scenes (default 64)
     fresh        1 = new training scenes every epoch (an infinite stream)
 """
@@ -155,7 +155,7 @@ class SyntheticSource(DataSource):
     classes = CLASSES
     default_image_size = (160, 128)
 
-    def __init__(self, image_size=None, seed: int = 0, train_size: int = 512, val_size: int = 64,
+    def __init__(self, image_size=None, seed: int = 0, train_size: int = 384, val_size: int = 64,
                  fresh: bool = False) -> None:
         super().__init__(image_size, seed)
         self.sizes = {"train": int(train_size), "val": int(val_size), "test": int(val_size)}
@@ -188,6 +188,7 @@ class SyntheticSource(DataSource):
         return indices.map(draw, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def make_source(data_dir=None, image_size=None, seed: int = 0, **options) -> SyntheticSource:
+def make_source(data_dir=None, image_size=None, seed: int = 0, train_size: int = 384, val_size: int = 64,
+                fresh: bool = False) -> SyntheticSource:
     """Build the synthetic source (``data_dir`` is ignored: nothing to read)."""
-    return SyntheticSource(image_size, seed, **options)
+    return SyntheticSource(image_size, seed, train_size=train_size, val_size=val_size, fresh=fresh)
