@@ -47,9 +47,21 @@ def read_image(path: tf.Tensor) -> tf.Tensor:
 
 def read_index_label(path: tf.Tensor, id_to_train_id: tf.Tensor) -> tf.Tensor:
     """Decode a single-channel index PNG (8 or 16 bit) and map ids to train ids."""
-    raw = tf.io.decode_png(tf.io.read_file(path), channels=1, dtype=tf.uint16)[..., 0]
-    ids = tf.minimum(tf.cast(raw, tf.int32), tf.shape(id_to_train_id)[0] - 1)
+    ids = decode_index_png(tf.io.read_file(path))
+    ids = tf.minimum(ids, tf.shape(id_to_train_id)[0] - 1)
     return tf.gather(id_to_train_id, ids)
+
+
+def decode_index_png(contents: tf.Tensor) -> tf.Tensor:
+    """(H, W) int32 ids of an 8- or 16-bit single-channel PNG, values unscaled."""
+    # decode_png(dtype=uint16) rescales 8-bit files by 257 (id 1 would read as
+    # 257), so the dtype follows the bit depth in the PNG header (byte 24).
+    depth = tf.io.decode_raw(tf.strings.substr(contents, 24, 1), tf.uint8)[0]
+    return tf.cond(
+        depth == 16,
+        lambda: tf.cast(tf.io.decode_png(contents, channels=1, dtype=tf.uint16)[..., 0], tf.int32),
+        lambda: tf.cast(tf.io.decode_png(contents, channels=1)[..., 0], tf.int32),
+    )
 
 
 def read_color_label(path: tf.Tensor, color_lookup: tf.lookup.StaticHashTable) -> tf.Tensor:
@@ -71,10 +83,10 @@ def match_label_size(image: tf.Tensor, label: tf.Tensor, path: tf.Tensor, allow_
     stores labels at another resolution, otherwise a size mismatch is an error."""
     if allow_resize:
         return resize_label(label, tf.shape(image)[:2])
-    tf.debugging.assert_equal(
-        tf.shape(image)[:2], tf.shape(label)[:2], message="label size differs from image size", data=[path]
-    )
-    return label
+    # tf.debugging.Assert (not assert_equal, which takes no data) so the error names the file.
+    same = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(label)[:2]))
+    with tf.control_dependencies([tf.debugging.Assert(same, ["label size differs from image size:", path])]):
+        return tf.identity(label)
 
 
 # ---------------------------------------------------------------- geometry

@@ -133,6 +133,7 @@ class FileSource(DataSource):
 
     label_format: str = "index"
     labels_resized: bool = False
+    splits: tuple[str, ...] = SPLITS  # the split names samples() accepts
 
     def __init__(self, data_dir: str | os.PathLike, image_size: tuple[int, int] | None = None,
                  seed: int = 0) -> None:
@@ -148,6 +149,9 @@ class FileSource(DataSource):
         raise NotImplementedError
 
     def cached_samples(self, split: str) -> list[Sample]:
+        if split not in self.splits:
+            raise FcnsegError(f"{self.name}: unknown split {split!r} for {self.data_dir}; "
+                              f"expected one of {', '.join(self.splits)}")
         if split not in self._samples:
             self._samples[split] = self.samples(split)
         return self._samples[split]
@@ -190,6 +194,37 @@ class FileSource(DataSource):
             return image, label
 
         return ds.map(load, num_parallel_calls=data.AUTOTUNE)
+
+
+def split_by_fraction(samples: Sequence[Sample], val_fraction: float, seed: int) -> dict[str, list[Sample]]:
+    """Deterministic train/val split of one list: the same files and seed give
+    the same split on every machine (a seeded permutation of the sorted list).
+    At least one validation sample whenever there are two or more samples."""
+    samples = sorted(samples, key=lambda s: s.image)
+    n_val = min(max(round(len(samples) * val_fraction), 1 if val_fraction > 0 else 0), len(samples) - 1)
+    order = np.random.default_rng(seed).permutation(len(samples))
+    val = set(order[: max(n_val, 0)].tolist())
+    return {"train": [s for i, s in enumerate(samples) if i not in val],
+            "val": [s for i, s in enumerate(samples) if i in val]}
+
+
+def option_value(source: str, key: str, value, allowed: Sequence[str]) -> str:
+    """An option that takes one of a few words, with a one-line error otherwise."""
+    value = str(value).lower()
+    if value not in allowed:
+        raise FcnsegError(f"--source-option {key}={value}: the {source} source expects {key}="
+                          + "|".join(allowed))
+    return value
+
+
+def fraction_option(source: str, key: str, value) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = -1.0
+    if not 0.0 <= f < 1.0:
+        raise FcnsegError(f"--source-option {key}={value}: the {source} source expects a fraction in [0, 1)")
+    return f
 
 
 def pair_by_stem(image_dir: str, label_dir: str, label_suffix: str = "", image_exts: Sequence[str] = (

@@ -18,6 +18,10 @@ from fcnseg.errors import FcnsegError
 # name -> module; a plain dict, so the built-ins are visible at a glance.
 BUILTIN: dict[str, str] = {
     "synthetic": "fcnseg.sources.synthetic",
+    "kitti": "fcnseg.sources.kitti",
+    "cityscapes": "fcnseg.sources.cityscapes",
+    "camvid": "fcnseg.sources.camvid",
+    "folder": "fcnseg.sources.folder",
 }
 
 ENTRY_POINT_GROUP = "fcnseg.sources"
@@ -70,7 +74,9 @@ def load(name: str, data_dir: str | None = None, image_size: tuple[int, int] | N
         source = make(data_dir, image_size=image_size, seed=seed, **options)
     except TypeError as e:
         raise FcnsegError(f"--source-option: {name}: {e}") from e
-    missing = [a for a in REQUIRED if not hasattr(source, a)]
+    # dir(), not hasattr(): hasattr would run properties such as num_validation,
+    # listing every split (and failing on data that has only some of them).
+    missing = [a for a in REQUIRED if a not in dir(source)]
     if missing:
         raise FcnsegError(f"--data-source {name}: the source lacks required attribute(s) {', '.join(missing)}")
     return source
