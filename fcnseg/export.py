@@ -1,0 +1,170 @@
+"""Export a checkpoint for deployment: TF SavedModel, TFLite or ONNX.
+
+Every artefact has the same interface, so clients need no fcnseg code:
+
+* input ``images``: uint8 RGB (B, H, W, 3), 0..255 (the model normalises inside);
+* output ``classes``: int32 (B, H, W) train ids (argmax);
+* output ``probabilities``: float32 (B, H, W, C) softmax.
+
+SavedModel and ONNX take any batch size and image size unless ``image_size``
+fixes H and W. TFLite has a fixed (1, H, W, 3) input, by default the
+checkpoint's training size: the converter resolves the model's pad-to-32 and
+crop for one shape, and mobile runtimes want static shapes anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Callable
+
+from fcnseg.errors import FcnsegError
+
+FORMATS = ("savedmodel", "tflite", "onnx")
+INSTALL_HINT = 'pip install "fcnseg[export]"'
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: str  # .keras file written by fcnseg train
+    format: str  # savedmodel | tflite | onnx
+    output: str  # folder (savedmodel) or file (.tflite, .onnx)
+    image_size: tuple[int, int] | None = None  # (W, H) to fix; TFLite defaults to the training size
+    float16: bool = False  # TFLite only: float16 weights (half the size, float32 inputs/outputs)
+    opset: int = 17  # ONNX opset
+    overwrite: bool = False  # replace an existing --output
+
+
+def serving_function(model):
+    """uint8 images -> {"classes", "probabilities"}: the one interface every format exports."""
+    import tensorflow as tf
+
+    def serve(images):
+        logits = model(tf.cast(images, tf.float32), training=False)
+        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        return {"classes": tf.argmax(probabilities, axis=-1, output_type=tf.int32), "probabilities": probabilities}
+
+    return serve
+
+
+def input_spec(batch: int | None, image_size: tuple[int, int] | None):
+    import tensorflow as tf
+
+    h, w = (None, None) if image_size is None else (image_size[1], image_size[0])
+    return tf.TensorSpec([batch, h, w, 3], tf.uint8, name="images")
+
+
+def export(config: ExportConfig, log: Callable[[str], None] = print) -> str:
+    """Write the artefact to ``config.output`` and return its path.
+
+    Example:
+        >>> export(ExportConfig("runs/r/best.keras", "savedmodel", "models/fcnseg/1"))
+        'models/fcnseg/1'
+    """
+    from fcnseg import checkpoint
+
+    if config.format not in FORMATS:
+        raise FcnsegError(f"--format {config.format!r} is unknown; choose one of {', '.join(FORMATS)}")
+    if config.float16 and config.format != "tflite":
+        raise FcnsegError("--float16 applies to --format tflite only")
+    if config.format == "onnx":
+        _require_tf2onnx()  # fail before the slow model load
+    _check_output(config.output, config.overwrite)
+    model, meta, _ = checkpoint.load(config.checkpoint)
+    try:
+        if config.format == "savedmodel":
+            _write_savedmodel(model, config.output, input_spec(None, config.image_size))
+            extra = os.path.join(config.output, "assets.extra")
+            os.makedirs(extra, exist_ok=True)
+            with open(os.path.join(extra, "fcnseg.json"), "w") as f:
+                json.dump(meta, f, indent=1)  # class names and colours for clients; TF Serving ignores it
+        elif config.format == "tflite":
+            size = config.image_size or tuple(meta["source"]["image_size"])
+            _write_tflite(model, config.output, input_spec(1, size), config.float16)
+        else:
+            _write_onnx(model, config.output, input_spec(None, config.image_size), config.opset, meta)
+    except OSError as e:
+        raise FcnsegError(f"--output {config.output}: could not write: {e.strerror or e}") from None
+    log(f"wrote {config.format} model to {config.output}")
+    return config.output
+
+
+def _check_output(path: str, overwrite: bool) -> None:
+    if os.path.exists(path) and not overwrite:
+        raise FcnsegError(f"--output {path} already exists; choose another path or pass --overwrite")
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise FcnsegError(f"--output {path}: cannot create {parent}: {e.strerror or e}") from None
+    if not os.access(parent, os.W_OK):
+        raise FcnsegError(f"--output {path}: folder {parent} is not writable")
+
+
+def _write_savedmodel(model, path: str, spec) -> None:
+    import keras
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serving_function(model), input_signature=[spec])
+    if os.path.isdir(path):
+        shutil.rmtree(path)  # only reached with --overwrite
+    archive.write_out(path, verbose=False)
+
+
+def _write_tflite(model, path: str, spec, float16: bool) -> None:
+    import tensorflow as tf
+
+    # Converting from a SavedModel keeps the signature's input/output names (images, classes, probabilities).
+    with tempfile.TemporaryDirectory() as tmp:
+        _write_savedmodel(model, os.path.join(tmp, "sm"), spec)
+        converter = tf.lite.TFLiteConverter.from_saved_model(os.path.join(tmp, "sm"))
+        if float16:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        flatbuffer = converter.convert()
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+
+
+def _require_tf2onnx():
+    try:
+        import onnx  # noqa: F401
+        import tf2onnx
+    except ImportError:
+        raise FcnsegError(f"--format onnx needs the tf2onnx and onnx packages: {INSTALL_HINT}") from None
+    return tf2onnx
+
+
+def _floor_mod(ctx, node, name, args):
+    """tf2onnx converts integer FloorMod as truncating x - (x / y) * y, wrong for negative x.
+
+    The models pad H and W with ``(-H) % 32``, so with the bug a 48-pixel side
+    is cropped to 32 instead of padded to 64 and predictions shift. ONNX ``Mod``
+    with fmod=0 has floor semantics for integers; floats keep tf2onnx's own handler.
+    """
+    from onnx import TensorProto
+    from tf2onnx.onnx_opset.math import FloorMod
+
+    if ctx.get_dtype(node.input[0]) in (TensorProto.INT32, TensorProto.INT64):
+        node.type = "Mod"
+        node.domain = ""
+        node.set_attr("fmod", 0)
+        return node
+    return FloorMod.version_7(ctx, node)
+
+
+def _write_onnx(model, path: str, spec, opset: int, meta: dict) -> None:
+    import tensorflow as tf
+
+    tf2onnx = _require_tf2onnx()
+    serve = tf.function(serving_function(model), input_signature=[spec])
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset,
+                                             custom_op_handlers={"FloorMod": (_floor_mod, [])})
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "fcnseg", json.dumps(meta)
+    with open(path, "wb") as f:
+        f.write(proto.SerializeToString())

@@ -1,0 +1,396 @@
+"""Inference from a checkpoint: images, folders, globs and videos to label, colour and overlay PNGs.
+
+For every input frame ``NAME`` three PNGs are written to the output folder::
+
+    NAME_label.png     uint8 train ids (the checkpoint's ignore label for void)
+    NAME_color.png     the label coloured with the checkpoint's palette
+    NAME_overlay.png   the colours blended into the image (void pixels untouched)
+
+``NAME`` is the input's file stem (``-2``, ``-3``... appended when two inputs
+share one); video frames are ``<video-stem>_<frame:06d>``.
+Inputs are read lazily, one frame at a time, and written as soon as their batch
+is done, so memory does not grow with the number of inputs.
+
+Post-processing runs as TensorFlow ops on the probability map (so the same code
+runs wherever the model runs), in this order: per-class thresholds, morphology,
+static mask.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Iterator
+
+import numpy as np
+
+from fcnseg.classes import ClassTable
+from fcnseg.errors import FcnsegError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+MORPHOLOGY_OPS = ("erode", "dilate", "open", "close")
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    checkpoint: str  # .keras file written by fcnseg train
+    inputs: tuple[str, ...]  # image files, folders (not recursed), globs, video files
+    output_dir: str
+    batch_size: int = 4  # images (or sliding-window tiles) per model call
+    window: tuple[int, int] | None = None  # (W, H): larger images are predicted in overlapping tiles
+    overlap: float = 0.5  # fraction of the window shared by neighbouring tiles
+    flip: bool = False  # average with the prediction on the horizontally flipped image
+    alpha: float = 0.5  # weight of the class colour in the overlay
+    thresholds: tuple[tuple[str, float], ...] = ()  # (class, min probability) pairs
+    morphology: tuple[tuple[str, str, int], ...] = ()  # (class, erode|dilate|open|close, kernel size)
+    static_mask: str | None = None  # PNG; its non-zero pixels are forced to static_class
+    static_class: str = "void"  # class name, train id, or "void"
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """Post-processing resolved against a class table (train ids, arrays)."""
+
+    thresholds: tuple[float, ...] | None = None  # one per train id
+    morphology: tuple[tuple[int, str, int], ...] = ()  # (train id, op, kernel size), applied in order
+    static_mask: np.ndarray | None = field(default=None, compare=False)  # (H, W) bool
+    static_label: int = 255
+
+
+@dataclass
+class PredictResult:
+    written: int = 0  # frames whose three PNGs were written
+    failed: list[str] = field(default_factory=list)  # inputs that could not be read
+    model_seconds: float = 0.0  # inference + post-processing
+    total_seconds: float = 0.0  # end to end, reading and writing included
+
+
+def resolve_class(value: str, table: ClassTable, option: str) -> int:
+    """Train id of a class given by name (case-insensitive), by train id, or ``void``."""
+    text = str(value).strip()
+    if text.lower() == "void":
+        return table.ignore_label
+    names = [n.lower() for n in table.class_names]
+    if text.lower() in names:
+        return names.index(text.lower())
+    if text.isdigit() and int(text) < table.num_classes:
+        return int(text)
+    raise FcnsegError(f"{option} {value!r}: no such class; the checkpoint's classes are "
+                      f"{', '.join(table.class_names)} (or their train ids 0..{table.num_classes - 1}, or void)")
+
+
+def build_postprocess(config: PredictConfig, table: ClassTable) -> PostProcess:
+    """Resolve class names and read the static mask; one-line errors name the option."""
+    thresholds = None
+    if config.thresholds:
+        values = [0.0] * table.num_classes
+        for name, value in config.thresholds:
+            if not 0.0 <= value <= 1.0:
+                raise FcnsegError(f"--threshold {name}={value}: a probability threshold must be in 0..1")
+            values[resolve_class(name, table, "--threshold")] = float(value)
+        thresholds = tuple(values)
+    morphology = []
+    for name, op, size in config.morphology:
+        if op not in MORPHOLOGY_OPS:
+            raise FcnsegError(f"--morphology {name}={op}:{size}: the operation must be one of "
+                              f"{', '.join(MORPHOLOGY_OPS)}")
+        if size < 1:
+            raise FcnsegError(f"--morphology {name}={op}:{size}: the kernel size must be at least 1")
+        morphology.append((resolve_class(name, table, "--morphology"), op, int(size)))
+    mask = read_static_mask(config.static_mask) if config.static_mask else None
+    label = resolve_class(config.static_class, table, "--static-mask-class")
+    return PostProcess(thresholds, tuple(morphology), mask, label)
+
+
+def read_static_mask(path: str) -> np.ndarray:
+    """(H, W) bool: True where any channel of the PNG is non-zero."""
+    import cv2
+
+    mask = cv2.imread(path, cv2.IMREAD_UNCHANGED) if os.path.isfile(path) else None
+    if mask is None:
+        raise FcnsegError(f"--static-mask {path}: no such file or not an image")
+    return mask.any(axis=-1) if mask.ndim == 3 else mask > 0
+
+
+def postprocess(probs, pp: PostProcess, ignore_label: int):
+    """(B, H, W, C) probabilities -> (B, H, W) int32 labels, as TensorFlow ops.
+
+    * thresholds: a class whose probability is below its threshold cannot win;
+      a pixel where every class is below its threshold becomes void.
+    * morphology on class k: the binary mask of k is eroded/dilated/opened/closed
+      with a square kernel. Pixels it gains become k; pixels it loses fall back to
+      the best other class that passes its threshold (void if none).
+    * static mask: its pixels become ``pp.static_label`` (a class or void).
+    """
+    import tensorflow as tf
+
+    probs = tf.convert_to_tensor(probs, tf.float32)
+    # -1 marks "cannot win"; probabilities are >= 0, so argmax never picks it while another class qualifies.
+    scores = probs if pp.thresholds is None else tf.where(probs >= tf.constant(pp.thresholds, tf.float32), probs, -1.0)
+    labels = _argmax_or_void(scores, ignore_label)
+    num_classes = probs.shape[-1]
+    for k, op, size in pp.morphology:
+        old = labels == k
+        new = _morphology(old, op, size)
+        without_k = scores * (1.0 - tf.one_hot(k, num_classes)) - tf.one_hot(k, num_classes)
+        fallback = _argmax_or_void(without_k, ignore_label)
+        labels = tf.where(new, k, tf.where(old, fallback, labels))
+    if pp.static_mask is not None:
+        mask = tf.constant(pp.static_mask, tf.bool)[None]
+        labels = tf.where(mask, pp.static_label, labels)
+    return labels
+
+
+def _argmax_or_void(scores, ignore_label: int):
+    import tensorflow as tf
+
+    best = tf.argmax(scores, axis=-1, output_type=tf.int32)
+    return tf.where(tf.reduce_max(scores, axis=-1) < 0.0, ignore_label, best)
+
+
+def _morphology(mask, op: str, size: int):
+    """Binary erosion/dilation with a size x size square as max-pooling.
+
+    Pooling with SAME padding ignores outside pixels, so the image border never
+    erodes a class (it is not a boundary between classes).
+    """
+    import tensorflow as tf
+
+    def dilate(m):
+        return tf.nn.max_pool2d(m, size, 1, "SAME")
+
+    def erode(m):
+        return 1.0 - tf.nn.max_pool2d(1.0 - m, size, 1, "SAME")
+
+    m = tf.cast(mask, tf.float32)[..., None]
+    steps = {"erode": (erode,), "dilate": (dilate,), "open": (erode, dilate), "close": (dilate, erode)}[op]
+    for step in steps:
+        m = step(m)
+    return m[..., 0] > 0.5
+
+
+def make_infer(model, flip: bool):
+    """A traced function: float32 RGB images (B, H, W, 3) -> softmax probabilities (B, H, W, C)."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+    def infer(images):
+        if not flip:
+            return tf.nn.softmax(model(images, training=False), axis=-1)
+        # One call on [images, flipped] instead of two: same work, half the dispatch.
+        both = tf.nn.softmax(model(tf.concat([images, images[:, :, ::-1]], 0), training=False), axis=-1)
+        n = tf.shape(images)[0]
+        return (both[:n] + both[n:, :, ::-1]) / 2.0
+
+    return infer
+
+
+def window_starts(length: int, window: int, overlap: float) -> list[int]:
+    """Offsets of tiles of ``window`` covering ``length``, overlapping by ``overlap``; the last ends flush."""
+    if length <= window:
+        return [0]
+    stride = max(1, int(window * (1.0 - overlap)))
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def sliding_window_probabilities(infer, image: np.ndarray, window: tuple[int, int], overlap: float,
+                                 batch_size: int) -> np.ndarray:
+    """(H, W, C) probabilities of one image, averaged over overlapping (W, H) tiles."""
+    h, w = image.shape[:2]
+    win_w, win_h = min(window[0], w), min(window[1], h)
+    tiles = [(y, x) for y in window_starts(h, win_h, overlap) for x in window_starts(w, win_w, overlap)]
+    total = count = None
+    for i in range(0, len(tiles), batch_size):
+        chunk = tiles[i:i + batch_size]
+        batch = np.stack([image[y:y + win_h, x:x + win_w] for y, x in chunk]).astype(np.float32)
+        probs = infer(batch).numpy()
+        if total is None:
+            total = np.zeros((h, w, probs.shape[-1]), np.float32)
+            count = np.zeros((h, w, 1), np.float32)
+        for (y, x), p in zip(chunk, probs):
+            total[y:y + win_h, x:x + win_w] += p
+            count[y:y + win_h, x:x + win_w] += 1.0
+    return total / count
+
+
+def expand_inputs(inputs: tuple[str, ...] | list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(files, [(input, error)]): folders give their non-hidden files (sorted, not recursed), globs their matches."""
+    files, errors = [], []
+    for item in inputs:
+        if os.path.isdir(item):
+            files += sorted(os.path.join(item, f) for f in os.listdir(item)
+                            if not f.startswith(".") and os.path.isfile(os.path.join(item, f)))
+        elif os.path.isfile(item):
+            files.append(item)
+        elif glob.has_magic(item) and glob.glob(item):
+            files += sorted(f for f in glob.glob(item) if os.path.isfile(f))
+        else:
+            errors.append((item, f"{item}: no such file, folder or glob match"))
+    return files, errors
+
+
+def is_video(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in VIDEO_EXTS
+
+
+def count_frames(files: list[str]) -> int:
+    """Frames the inputs will give (for the progress bar); videos by their header's frame count."""
+    import cv2
+
+    total = 0
+    for path in files:
+        if is_video(path):
+            cap = cv2.VideoCapture(path)
+            total += max(1, int(cap.get(cv2.CAP_PROP_FRAME_COUNT))) if cap.isOpened() else 1
+            cap.release()
+        else:
+            total += 1
+    return total
+
+
+def iter_frames(files: list[str]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
+    """Yield (name, RGB uint8 frame, None) or (path, None, error message), one frame at a time."""
+    import cv2
+
+    used: set[str] = set()
+    for path in files:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        # Two inputs with the same stem (a/x.png, b/x.png) must not overwrite each other's outputs.
+        n, base = 1, stem
+        while stem in used:
+            n += 1
+            stem = f"{base}-{n}"
+        used.add(stem)
+        if is_video(path):
+            cap = cv2.VideoCapture(path)
+            ok, frame = cap.read() if cap.isOpened() else (False, None)
+            if not ok:
+                cap.release()
+                yield path, None, f"{path}: not a video OpenCV can read"
+                continue
+            index = 0
+            while ok:
+                yield f"{stem}_{index:06d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), None
+                ok, frame = cap.read()
+                index += 1
+            cap.release()
+            continue
+        image = cv2.imread(path, cv2.IMREAD_COLOR)
+        if image is None:
+            yield path, None, f"{path}: not an image (or video) OpenCV can read"
+        else:
+            yield stem, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), None
+
+
+def check_output_dir(path: str) -> None:
+    """Create the folder and prove it is writable before any work is done."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".fcnseg-write-test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise FcnsegError(f"--output-dir {path} is not writable: {e.strerror or e}") from None
+
+
+def write_outputs(output_dir: str, name: str, image: np.ndarray, labels: np.ndarray, palette: np.ndarray,
+                  alpha: float, num_classes: int) -> None:
+    """Write NAME_label.png, NAME_color.png and NAME_overlay.png."""
+    import cv2
+
+    labels = np.clip(labels, 0, 255).astype(np.uint8)
+    color = palette[labels]
+    blend = (1.0 - alpha) * image.astype(np.float32) + alpha * color.astype(np.float32)
+    overlay = np.where((labels < num_classes)[..., None], np.rint(blend), image).astype(np.uint8)
+    for suffix, array in (("label", labels), ("color", color[..., ::-1]), ("overlay", overlay[..., ::-1])):
+        path = os.path.join(output_dir, f"{name}_{suffix}.png")
+        if not cv2.imwrite(path, np.ascontiguousarray(array)):
+            raise FcnsegError(f"--output-dir: could not write {path}")
+
+
+def predict(config: PredictConfig, log: Callable[[str], None] = print,
+            progress: Callable[[int], ContextManager] | None = None) -> PredictResult:
+    """Run the checkpoint on every input and write its PNGs; bad inputs are logged and listed, not fatal.
+
+    ``progress(total_frames)`` returns a context manager whose value has ``update(n)``,
+    e.g. ``lambda n: click.progressbar(length=n)``; it starts once the model is loaded.
+
+    Example:
+        >>> result = predict(PredictConfig("runs/r/best.keras", ("photos/",), "out"))
+        >>> result.failed
+        []
+    """
+    from fcnseg import checkpoint
+
+    if not 0.0 <= config.alpha <= 1.0:
+        raise FcnsegError(f"--alpha {config.alpha}: must be in 0..1")
+    if not 0.0 <= config.overlap < 1.0:
+        raise FcnsegError(f"--overlap {config.overlap}: must be in 0..1 (1 excluded)")
+    check_output_dir(config.output_dir)  # before the slow model load
+    model, _, table = checkpoint.load(config.checkpoint)
+    pp = build_postprocess(config, table)
+    import tensorflow as tf
+
+    infer = make_infer(model, config.flip)
+    post = tf.function(lambda p: postprocess(p, pp, table.ignore_label),
+                       input_signature=[tf.TensorSpec([None, None, None, table.num_classes], tf.float32)])
+    palette = table.palette()
+    result = PredictResult()
+    start = time.perf_counter()
+
+    def tiled(shape: tuple[int, ...]) -> bool:
+        return bool(config.window) and (shape[1] > config.window[0] or shape[0] > config.window[1])
+
+    def run(batch: list[tuple[str, np.ndarray]]) -> None:
+        h, w = batch[0][1].shape[:2]
+        if pp.static_mask is not None and pp.static_mask.shape != (h, w):
+            mh, mw = pp.static_mask.shape
+            raise FcnsegError(f"--static-mask {config.static_mask} is {mw}x{mh} but {batch[0][0]} is {w}x{h}")
+        t = time.perf_counter()
+        if tiled((h, w)):
+            probs = np.stack([sliding_window_probabilities(infer, img, config.window, config.overlap,
+                                                           config.batch_size) for _, img in batch])
+        else:
+            probs = infer(np.stack([img for _, img in batch]).astype(np.float32))
+        labels = post(probs).numpy()
+        result.model_seconds += time.perf_counter() - t
+        for (name, image), lab in zip(batch, labels):
+            write_outputs(config.output_dir, name, image, lab, palette, config.alpha, table.num_classes)
+            result.written += 1
+        bar.update(len(batch))
+
+    files, errors = expand_inputs(config.inputs)
+    for item, message in errors:
+        log(f"warning: {message}")
+        result.failed.append(item)
+    batch: list[tuple[str, np.ndarray]] = []
+    with progress(count_frames(files)) if progress else nullcontext(_NoBar()) as bar:
+        for name, frame, error in iter_frames(files):
+            if error:
+                log(f"warning: {error}")
+                result.failed.append(name)
+                bar.update(1)
+                continue
+            # Only same-size frames share a batch; tiled images go one at a time (their tiles are the batch).
+            if batch and (frame.shape != batch[0][1].shape or len(batch) >= config.batch_size
+                          or tiled(frame.shape)):
+                run(batch)
+                batch = []
+            batch.append((name, frame))
+        if batch:
+            run(batch)
+    result.total_seconds = time.perf_counter() - start
+    return result
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
