@@ -253,7 +253,7 @@ def predict(checkpoint, inputs, output_dir, batch_size, window, overlap, flip, a
     VIDEO-STEM_FRAME (6 digits). Unreadable inputs are reported and skipped; the exit status
     is then 1.
     """
-    from fcnseg.predict import PredictConfig, count_frames, expand_inputs, predict as run_predict
+    from fcnseg.predict import PredictConfig, predict as run_predict
 
     config = PredictConfig(
         checkpoint=checkpoint, inputs=inputs, output_dir=output_dir, batch_size=batch_size, window=window,
@@ -261,9 +261,8 @@ def predict(checkpoint, inputs, output_dir, batch_size, window, overlap, flip, a
         morphology=tuple((c, op, k) for c, (op, k) in parse_pairs(morphology, "--morphology", _morphology_value)),
         static_mask=static_mask, static_class=static_mask_class,
     )
-    total = count_frames(expand_inputs(inputs)[0])
-    with click.progressbar(length=total, label="predicting", file=sys.stderr) as bar:
-        result = run_predict(config, log=lambda m: click.echo(m, err=True), progress=bar.update)
+    result = run_predict(config, log=lambda m: click.echo(m, err=True),
+                         progress=lambda n: click.progressbar(length=n, label="predicting", file=sys.stderr))
     if result.written:
         click.echo(f"wrote {result.written} x 3 PNGs to {output_dir}: "
                    f"{1000 * result.model_seconds / result.written:.1f} ms per image (model + post-processing), "
@@ -298,3 +297,7 @@ def export(checkpoint, fmt, output, image_size, float16, opset, overwrite):
 
     run_export(ExportConfig(checkpoint=checkpoint, format=fmt, output=output, image_size=image_size,
                             float16=float16, opset=opset, overwrite=overwrite), log=click.echo)
+
+
+if __name__ == "__main__":
+    main()
