@@ -177,6 +177,45 @@ def train(data_source, data_dir, source_option, model, encoder, encoder_weights,
                f"(tensorboard --logdir {run_dir})")
 
 
+@main.command("check-labels")
+@source_options
+@click.option("--split", default="all", show_default=True, type=click.Choice(["train", "val", "all"]),
+              help="Split to check; all = train and val.")
+@click.option("--previews", "previews_dir", type=click.Path(file_okay=False), default=None,
+              help="Write blended previews (image + colour-coded labels + legend) to this folder.")
+@click.option("--num-previews", default=8, show_default=True, type=click.IntRange(min=0),
+              help="How many previews, spread over the checked samples.")
+@click.option("--weights-out", type=click.Path(dir_okay=False), default=None,
+              help="Write the class histogram and median-frequency weights as JSON "
+                   "(for `fcnseg train --class-weights FILE`).")
+@click.option("--workers", default=None, type=click.IntRange(min=1),
+              help="Files read in parallel (default: CPU cores, at most 8).")
+@reports_errors
+def check_labels(data_source, data_dir, source_option, split, previews_dir, num_previews, weights_out, workers):
+    """Check every label pixel, the image/label pairing and sizes; print a class histogram.
+
+    One line per problem (path: reason: details), a summary per split, then the per-class
+    pixel counts and median-frequency class weights. Exit status 0 when every label is
+    valid, 1 otherwise.
+    """
+    from fcnseg import sources
+    from fcnseg.check_labels import check_labels as run_check, write_weights
+
+    source = sources.load(data_source, data_dir, **parse_source_options(source_option))
+    report = run_check(source, ("train", "val") if split == "all" else (split,), previews_dir=previews_dir,
+                       num_previews=num_previews, workers=workers, collect_orphans=True,
+                       progress=lambda n: click.progressbar(length=n, label="checking", file=sys.stderr))
+    for line in report.lines():
+        click.echo(line)
+    if report.previews:
+        click.echo(f"wrote {len(report.previews)} previews to {previews_dir}")
+    if weights_out:
+        write_weights(report, weights_out)
+        click.echo(f"wrote class weights to {weights_out}")
+    if not report.ok:
+        sys.exit(1)
+
+
 @main.command("sources")
 def list_sources():
     """List the data sources this installation knows, with their classes."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -134,6 +134,9 @@ class FileSource(DataSource):
     label_format: str = "index"
     labels_resized: bool = False
     splits: tuple[str, ...] = SPLITS  # the split names samples() accepts
+    # None: an image without label (or label without image) is an error. A list:
+    # samples() records (path, message) there and goes on (check-labels reports them all).
+    orphans: list[tuple[str, str]] | None = None
 
     def __init__(self, data_dir: str | os.PathLike, image_size: tuple[int, int] | None = None,
                  seed: int = 0) -> None:
@@ -147,6 +150,17 @@ class FileSource(DataSource):
 
     def samples(self, split: str) -> list[Sample]:
         raise NotImplementedError
+
+    def report_orphan(self, path: str, message: str) -> None:
+        """An unpaired file: raise, unless ``orphans`` collects them."""
+        if self.orphans is None:
+            raise FcnsegError(message)
+        self.orphans.append((path, message))
+
+    @property
+    def on_orphan(self) -> Callable[[str, str], None] | None:
+        """What ``pair_by_stem(on_orphan=...)`` takes: None keeps its one summary error."""
+        return None if self.orphans is None else self.report_orphan
 
     def cached_samples(self, split: str) -> list[Sample]:
         if split not in self.splits:
@@ -228,11 +242,12 @@ def fraction_option(source: str, key: str, value) -> float:
 
 
 def pair_by_stem(image_dir: str, label_dir: str, label_suffix: str = "", image_exts: Sequence[str] = (
-        ".png", ".jpg", ".jpeg", ".bmp")) -> list[Sample]:
+        ".png", ".jpg", ".jpeg", ".bmp"), on_orphan: Callable[[str, str], None] | None = None) -> list[Sample]:
     """Pair images with labels by file stem (``label = stem + label_suffix``).
 
     Raises one error naming the first image without a label or label without
-    an image, so a dataset is never silently trained on a subset.
+    an image, so a dataset is never silently trained on a subset; with
+    ``on_orphan(path, message)`` each unpaired file is passed there instead.
     """
     for folder in (image_dir, label_dir):
         if not os.path.isdir(folder):
@@ -244,10 +259,17 @@ def pair_by_stem(image_dir: str, label_dir: str, label_suffix: str = "", image_e
         if ext.lower() in image_exts and stem.endswith(label_suffix):
             labels[stem[: len(stem) - len(label_suffix)] if label_suffix else stem] = f
     missing = sorted(set(images) - set(labels))
+    orphans = sorted(set(labels) - set(images))
+    if on_orphan is not None:
+        for k in missing:
+            on_orphan(os.path.join(image_dir, images[k]), f"image has no label in {label_dir}")
+        for k in orphans:
+            on_orphan(os.path.join(label_dir, labels[k]), f"label has no image in {image_dir}")
+        return [Sample(os.path.join(image_dir, images[k]), os.path.join(label_dir, labels[k]))
+                for k in sorted(images) if k in labels]
     if missing:
         raise FcnsegError(f"image {os.path.join(image_dir, images[missing[0]])} has no label in {label_dir}"
                           f" ({len(missing)} images without labels)")
-    orphans = sorted(set(labels) - set(images))
     if orphans:
         raise FcnsegError(f"label {os.path.join(label_dir, labels[orphans[0]])} has no image in {image_dir}"
                           f" ({len(orphans)} labels without images)")

@@ -82,7 +82,8 @@ class CamVid(FileSource):
     def samples(self, split: str) -> list[Sample]:
         image_dir = os.path.join(self.data_dir, split)
         if self.layout == "colour":
-            return pair_by_stem(image_dir, os.path.join(self.data_dir, f"{split}_labels"), "_L")
+            return pair_by_stem(image_dir, os.path.join(self.data_dir, f"{split}_labels"), "_L",
+                                on_orphan=self.on_orphan)
         listing = os.path.join(self.data_dir, f"{split}.txt")
         if os.path.isfile(listing):
             return self._read_list(listing)
@@ -90,7 +91,7 @@ class CamVid(FileSource):
         if split == "test" and os.path.isdir(image_dir) and not os.path.isdir(label_dir):
             return [Sample(os.path.join(image_dir, f), None) for f in sorted(os.listdir(image_dir))
                     if f.lower().endswith(".png")]
-        return pair_by_stem(image_dir, label_dir)
+        return pair_by_stem(image_dir, label_dir, on_orphan=self.on_orphan)
 
     def _read_list(self, listing: str) -> list[Sample]:
         samples = []
@@ -101,7 +102,10 @@ class CamVid(FileSource):
                     continue
                 if len(parts) != 2:
                     raise FcnsegError(f"{listing}:{n}: expected 'IMAGE LABEL' paths, got {line.strip()!r}")
-                samples.append(Sample(*(self._resolve(p, listing, n) for p in parts)))
+                try:
+                    samples.append(Sample(*(self._resolve(p, listing, n) for p in parts)))
+                except FcnsegError as e:
+                    self.report_orphan(f"{listing}:{n}", str(e))
         if not samples:
             raise FcnsegError(f"{listing}: the split list is empty")
         return samples

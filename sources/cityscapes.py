@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 
-from fcnseg.classes import table
+from fcnseg.classes import ClassTable, table
 from fcnseg.errors import FcnsegError
 from fcnseg.source import FileSource, Sample, option_value
 
@@ -77,6 +77,9 @@ LABELS = (
 )
 CLASSES = table([(name, i, t, color) for name, i, t, _, color in LABELS], ignore_label=255)
 CATEGORY = {name: category for name, _, _, category, _ in LABELS}
+# What *_labelTrainIds.png files hold: train ids, everything else 255.
+TRAIN_ID_CLASSES = table([(r.name, r.train_id, r.train_id, r.color) for r in CLASSES.classes]
+                         + [("void", 255, 255, (0, 0, 0))], ignore_label=255)
 
 _IMAGE_SUFFIX = "_leftImg8bit.png"
 _GT_FOLDER = {"fine": "gtFine", "coarse": "gtCoarse"}
@@ -129,14 +132,27 @@ class Cityscapes(FileSource):
             wanted = "labelTrainIds" if self.train_ids == "yes" else "labelIds"
             if label is None or (self.train_ids == "yes" and key not in train_ids):
                 city, stem = key
-                raise FcnsegError(f"cityscapes: image {image} has no label "
-                                  f"{os.path.join(label_root, city, f'{stem}_{gt}_{wanted}.png')}")
+                self.report_orphan(image, f"cityscapes: image {image} has no label "
+                                          f"{os.path.join(label_root, city, f'{stem}_{gt}_{wanted}.png')}")
+                continue
             samples.append(Sample(image, label))
-        orphans = sorted((set(label_ids) | set(train_ids)) - set(images))
-        if orphans:
-            label = label_ids.get(orphans[0]) or train_ids[orphans[0]]
-            raise FcnsegError(f"cityscapes: label {label} has no image in {image_root}")
+        for orphan in sorted((set(label_ids) | set(train_ids)) - set(images)):
+            label = label_ids.get(orphan) or train_ids[orphan]
+            self.report_orphan(label, f"cityscapes: label {label} has no image in {image_root}")
         return samples
+
+    def label_table(self, path: str) -> ClassTable:
+        """The values a label file holds: labelTrainIds files store train ids (void 255)."""
+        return TRAIN_ID_CLASSES if path.endswith("_labelTrainIds.png") else self.classes
+
+    def color_labels(self, sample: Sample) -> list[str]:
+        """The ``*_gtFine_color.png`` / ``*_gtCoarse_color.png`` files of a sample, where present
+        (not used for training, but a wrong one betrays a broken export)."""
+        city = os.path.basename(os.path.dirname(sample.image))
+        split = os.path.basename(os.path.dirname(os.path.dirname(sample.image)))
+        stem = os.path.basename(sample.image)[: -len(_IMAGE_SUFFIX)]
+        found = [os.path.join(self.data_dir, gt, split, city, f"{stem}_{gt}_color.png") for gt in _GT_FOLDER.values()]
+        return [p for p in found if os.path.isfile(p)]
 
     def label_decoder(self):
         import tensorflow as tf

@@ -125,7 +125,7 @@ class FolderSource(FileSource):
             if not os.path.isdir(folder):
                 raise FcnsegError(f"folder: expected folder {folder} (images/ + masks/ layout) does not exist")
         suffix = self.mask_suffix if self.mask_suffix != "auto" else _guess_suffix(image_dir, mask_dir)
-        samples = pair_by_stem(image_dir, mask_dir, suffix, EXTS)
+        samples = pair_by_stem(image_dir, mask_dir, suffix, EXTS, on_orphan=self.on_orphan)
         if not samples:
             raise FcnsegError(f"folder: no images in {image_dir}")
         lossy = next((s.label for s in samples if s.label.lower().endswith((".jpg", ".jpeg"))), None)

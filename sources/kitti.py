@@ -84,15 +84,18 @@ class KittiRoad(FileSource):
             gt_name = f"{m.group(1)}_{self.task}_{m.group(2)}.png"
             gt = os.path.join(gt_dir, gt_name)
             if not os.path.isfile(gt):
-                raise FcnsegError(f"kitti: image {os.path.join(image_dir, f)} has no {self.task} label {gt}"
-                                  + (" (this folder may hold lane masks only: try task=lane)"
-                                     if self.task == "road" else ""))
+                self.report_orphan(os.path.join(image_dir, f),
+                                   f"kitti: image {os.path.join(image_dir, f)} has no {self.task} label {gt}"
+                                   + (" (this folder may hold lane masks only: try task=lane)"
+                                      if self.task == "road" else ""))
+                continue
             expected.add(gt_name)
             samples.append(Sample(os.path.join(image_dir, f), gt))
         pattern = re.compile(rf"^({'|'.join(cats)})_{self.task}_\d+\.png$")
         orphans = [f for f in sorted(os.listdir(gt_dir)) if pattern.match(f) and f not in expected]
-        if orphans:
-            raise FcnsegError(f"kitti: label {os.path.join(gt_dir, orphans[0])} has no image in {image_dir}")
+        for orphan in orphans:
+            self.report_orphan(os.path.join(gt_dir, orphan),
+                               f"kitti: label {os.path.join(gt_dir, orphan)} has no image in {image_dir}")
         if not samples:
             raise FcnsegError(f"kitti: no {'/'.join(cats)}_*.png images in {image_dir}")
         return samples
