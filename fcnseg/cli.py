@@ -106,7 +106,8 @@ def main() -> None:
               help="Filter-count multiplier; 1.0 is the paper's model.")
 @click.option("--image-size", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
               help="Training size, e.g. 480x360 (default: the source's).")
-@click.option("--epochs", default=6, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=None, type=click.IntRange(min=1),
+              help="Epochs to train  [default: 6; with --resume: the run's own, or this many in all]")
 @click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--steps-per-epoch", default=None, type=click.IntRange(min=1),
               help="Steps per epoch (default: one pass over the training split).")
@@ -138,6 +139,8 @@ def main() -> None:
               help="tf.distribute strategy; multiworker reads the cluster from TF_CONFIG.")
 @click.option("--deterministic", is_flag=True, help="Bit-identical reruns (TF op determinism; slower).")
 @click.option("--jit", is_flag=True, help="XLA-compile the training step.")
+@click.option("--max-minutes", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Wall-clock budget: stop when spent (mid-epoch), then validate and save.")
 @click.option("--image-every", default=1, show_default=True, type=click.IntRange(min=0),
               help="Epochs between TensorBoard image overlays (0: never).")
 @click.option("--monitor", default="mean_iou", show_default=True,
@@ -154,7 +157,7 @@ def main() -> None:
 def train(data_source, data_dir, source_option, model, encoder, encoder_weights, width, image_size, epochs,
           batch_size, steps_per_epoch, val_steps, optimizer, learning_rate, momentum, weight_decay, schedule,
           class_weights, loss, fbeta, focal_gamma, accumulate, mixed_precision, strategy, deterministic, jit,
-          image_every, monitor, no_augment, seed, run_dir, save_every, resume):
+          max_minutes, image_every, monitor, no_augment, seed, run_dir, save_every, resume):
     """Train a model; with no options, LinkNet on synthetic scenes (a few minutes on a CPU)."""
     from fcnseg.train import TrainConfig, train as run_training
 
@@ -164,15 +167,15 @@ def train(data_source, data_dir, source_option, model, encoder, encoder_weights,
     config = TrainConfig(
         data_source=data_source, data_dir=data_dir, source_options=parse_source_options(source_option),
         model=model, encoder=encoder, encoder_weights=encoder_weights, width=width, image_size=image_size,
-        epochs=epochs, batch_size=batch_size, steps_per_epoch=steps_per_epoch, val_steps=val_steps,
+        epochs=epochs or TrainConfig.epochs, batch_size=batch_size, steps_per_epoch=steps_per_epoch, val_steps=val_steps,
         optimizer=optimizer, learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
         schedule=schedule, class_weights=parse_class_weights(class_weights),
         loss=loss, fbeta=parse_floats(fbeta, "--fbeta") or (1.0,), focal_gamma=focal_gamma,
         accumulate=accumulate, mixed_precision=mixed_precision, strategy=strategy, deterministic=deterministic,
-        jit_compile=jit, image_every=image_every, monitor=monitor,
+        jit_compile=jit, max_minutes=max_minutes, image_every=image_every, monitor=monitor,
         augment=not no_augment, seed=seed, run_dir=run_dir, save_every=save_every,
     )
-    best = run_training(config, resume=resume, log=click.echo)
+    best = run_training(config, resume=resume, log=click.echo, resume_epochs=epochs)
     click.echo(f"done: best val mIoU {best.get('mean_iou', float('nan')):.4f}; checkpoints in {run_dir} "
                f"(tensorboard --logdir {run_dir})")
 
@@ -214,6 +217,40 @@ def check_labels(data_source, data_dir, source_option, split, previews_dir, num_
         click.echo(f"wrote class weights to {weights_out}")
     if not report.ok:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(dir_okay=False),
+              help="A .keras checkpoint written by `fcnseg train` (e.g. RUN_DIR/best.keras).")
+@source_options
+@click.option("--split", default="val", show_default=True, help="Split to evaluate (val, test, train, ...).")
+@click.option("--size", "size", default="train", show_default=True, type=click.Choice(["train", "native"]),
+              help="Run the model at the checkpoint's training size (probabilities resized back to each "
+                   "label) or at the images' native size.")
+@click.option("--window", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
+              help="Sliding-window inference with WxH tiles at native size (for images larger than the "
+                   "training size).")
+@click.option("--overlap", default=1 / 3, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Fraction of a window shared with its neighbour.")
+@click.option("--flip", is_flag=True, help="Average with the prediction of the horizontally flipped image.")
+@click.option("--beta", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Beta of the per-class F-beta column.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Also write every figure and the confusion matrix to this JSON file.")
+@reports_errors
+def evaluate(checkpoint, data_source, data_dir, source_option, split, size, window, overlap, flip, beta, output):
+    """Per-class IoU, accuracy, precision and F-beta of a checkpoint on a split (void ignored),
+    from one confusion matrix over the whole split at label resolution; MaxF/AP for binary tasks."""
+    from fcnseg.evaluate import EvaluateConfig, evaluate as run_evaluate, format_table
+
+    config = EvaluateConfig(checkpoint=checkpoint, data_source=data_source, data_dir=data_dir,
+                            source_options=parse_source_options(source_option), split=split, size=size,
+                            window=window, overlap=overlap, flip=flip, beta=beta, output=output)
+    result = run_evaluate(config, log=click.echo,
+                          progress=lambda n: click.progressbar(length=n, label="evaluating", file=sys.stderr))
+    click.echo(format_table(result))
+    if output:
+        click.echo(f"wrote {output}")
 
 
 @main.command("sources")

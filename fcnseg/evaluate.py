@@ -1,11 +1,27 @@
-"""Streaming evaluation: one confusion matrix over a whole split."""
+"""Evaluation: one confusion matrix streamed over a whole split.
+
+``confusion_matrix`` is what training uses each epoch (on batches at the
+training size). ``evaluate`` is the published protocol behind ``fcnseg
+evaluate``: every image of the split is run through the model (at the
+checkpoint's training size, or natively, or in sliding windows), the class
+probabilities are resized bilinearly back to the label's own resolution, and
+each non-void label pixel is counted once.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 
-from fcnseg.metrics import batch_confusion
+from fcnseg.errors import FcnsegError
+from fcnseg.metrics import batch_confusion, kitti_scores, scores
 
 
 def confusion_matrix(model, dataset: tf.data.Dataset, num_classes: int, loss_fn=None) -> tuple[np.ndarray, float | None]:
@@ -30,3 +46,130 @@ def confusion_matrix(model, dataset: tf.data.Dataset, num_classes: int, loss_fn=
         loss_sum += float(weighted)
         pixels += float(valid)
     return cm, (loss_sum / pixels if loss_fn is not None and pixels else None)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    checkpoint: str  # a .keras checkpoint written by fcnseg train
+    data_source: str  # source name or .py path
+    data_dir: str | None = None
+    source_options: dict = field(default_factory=dict)
+    split: str = "val"
+    size: str = "train"  # "train": resize inputs to the checkpoint's training size; "native": as stored
+    window: tuple[int, int] | None = None  # sliding-window inference with (W, H) tiles (native resolution)
+    overlap: float = 1 / 3  # sliding-window overlap
+    flip: bool = False  # average with the horizontally flipped prediction
+    beta: float = 1.0  # beta of the per-class F-beta figure
+    output: str | None = None  # JSON file for the results
+
+
+def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progress=None) -> dict:
+    """Run the checkpoint over a split and return (and optionally write) every figure."""
+    from fcnseg import checkpoint, sources
+    from fcnseg.predict import make_infer
+
+    if config.output:
+        _check_writable(config.output)
+    model, meta, table = checkpoint.load(config.checkpoint)
+    source = sources.load(config.data_source, config.data_dir, None, 0, **config.source_options)
+    if source.num_classes != table.num_classes or tuple(source.class_names) != tuple(table.class_names):
+        raise FcnsegError(f"--checkpoint {config.checkpoint} predicts {table.num_classes} classes "
+                          f"({', '.join(table.class_names[:4])}...) but --data-source {config.data_source} has "
+                          f"{source.num_classes} ({', '.join(source.class_names[:4])}...)")
+    num_classes = table.num_classes
+    train_w, train_h = meta["source"]["image_size"]
+    infer = make_infer(model, config.flip)
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    binary = num_classes == 2
+    pos_hist = np.zeros(256, np.int64)  # positive-class probability, quantised like the KITTI devkit's PNGs
+    neg_hist = np.zeros(256, np.int64)
+    count, start = 0, time.perf_counter()
+    total = source.split_size(config.split)
+    try:
+        with progress(total) if progress else contextlib.nullcontext() as bar:
+            for image, label in source.elements(config.split).as_numpy_iterator():
+                probs = _probabilities(infer, image, label.shape, config, (train_w, train_h))
+                pred = probs.argmax(-1)
+                valid = (label >= 0) & (label < num_classes)
+                cm += np.bincount(label[valid] * num_classes + pred[valid],
+                                  minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+                if binary:
+                    q = np.round(probs[..., 1] * 255).astype(np.int64)
+                    pos_hist += np.bincount(q[valid & (label == 1)], minlength=256)
+                    neg_hist += np.bincount(q[valid & (label == 0)], minlength=256)
+                count += 1
+                if bar is not None:
+                    bar.update(1)
+    except tf.errors.InvalidArgumentError as e:
+        from fcnseg.train import _data_error
+
+        raise FcnsegError(_data_error(e, source)) from None
+    if count == 0:
+        raise FcnsegError(f"--split {config.split}: the {source.name} source has no labelled images there")
+    result = scores(cm, table.class_names, beta=config.beta)
+    if binary:
+        result["kitti"] = kitti_scores(pos_hist, neg_hist)
+    result.update({
+        "checkpoint": os.path.abspath(config.checkpoint), "data_source": source.name, "split": config.split,
+        "images": count, "protocol": _protocol(config, (train_w, train_h)), "confusion_matrix": cm.tolist(),
+        "seconds": round(time.perf_counter() - start, 2),
+    })
+    if config.output:
+        tmp = config.output + ".partial"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(tmp, config.output)
+    return result
+
+
+def _probabilities(infer, image: np.ndarray, label_hw, config: EvaluateConfig, train_size) -> np.ndarray:
+    """(H, W, C) class probabilities of one image at its label's resolution."""
+    from fcnseg.predict import sliding_window_probabilities
+
+    if config.window:
+        probs = sliding_window_probabilities(infer, image, config.window, config.overlap, 4)
+    elif config.size == "native":
+        probs = infer(image[None].astype(np.float32))[0].numpy()
+    else:
+        resized = tf.image.resize(image[None].astype(np.float32), (train_size[1], train_size[0]), antialias=True)
+        probs = infer(resized)[0].numpy()
+    if probs.shape[:2] != tuple(label_hw):
+        # Probabilities, not class indices, are resized: bilinear on a label map would invent classes.
+        probs = tf.image.resize(probs[None], label_hw, method="bilinear")[0].numpy()
+    return probs
+
+
+def _protocol(config: EvaluateConfig, train_size) -> str:
+    if config.window:
+        how = f"sliding {config.window[0]}x{config.window[1]} windows, overlap {config.overlap:.2f}, native size"
+    elif config.size == "native":
+        how = "whole image at native size"
+    else:
+        how = f"whole image resized to {train_size[0]}x{train_size[1]}, probabilities resized back"
+    return how + (", flip TTA" if config.flip else "") + "; metrics at label resolution, void ignored"
+
+
+def _check_writable(path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise FcnsegError(f"--output {path}: folder {folder} does not exist or is not writable")
+
+
+def format_table(result: dict) -> str:
+    """The per-class table ``fcnseg evaluate`` prints."""
+    beta_key = next(k for k in next(iter(result["per_class"].values())) if k.startswith("f") and k != "pixels")
+    lines = [f"{'class':<16} {'IoU':>7} {'acc':>7} {'prec':>7} {beta_key.upper():>7} {'pixels':>12}"]
+    for name, row in result["per_class"].items():
+        cells = [row["iou"], row["accuracy"], row["precision"], row[beta_key]]
+        lines.append(f"{name:<16} " + " ".join(f"{_pct(v):>7}" for v in cells) + f" {row['pixels']:>12}")
+    lines.append(f"{'mean':<16} {_pct(result['mean_iou']):>7} {_pct(result['mean_accuracy']):>7}")
+    lines.append(f"pixel accuracy {_pct(result['pixel_accuracy'])}  ({result['images']} images, {result['protocol']})")
+    if "kitti" in result:
+        k = result["kitti"]
+        lines.append(f"KITTI (perspective): MaxF {_pct(k['max_f'])}  AP {_pct(k['average_precision'])}  "
+                     f"precision {_pct(k['precision'])}  recall {_pct(k['recall'])} at threshold {k['threshold']:.3f}")
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"

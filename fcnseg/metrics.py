@@ -67,3 +67,34 @@ def scores(cm: np.ndarray, class_names: list[str] | tuple[str, ...] | None = Non
 
 def _f(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
+
+
+def kitti_scores(pos_hist: np.ndarray, neg_hist: np.ndarray) -> dict:
+    """MaxF and average precision as the KITTI road devkit computes them.
+
+    ``pos_hist[v]`` / ``neg_hist[v]`` count road / non-road pixels (void
+    excluded) whose road probability, stored as a uint8 PNG value, is ``v``.
+    The devkit sweeps thresholds t = 0/255 .. 255/255 and calls a pixel road
+    when its probability >= t; MaxF is the best F1 over thresholds, AP the
+    PASCAL VOC 11-point interpolated precision (max precision at recall >=
+    0, 0.1, ..., 1), both over the accumulated counts of all images
+    (perspective view).
+    """
+    pos_hist = np.asarray(pos_hist, np.float64)
+    neg_hist = np.asarray(neg_hist, np.float64)
+    positives = pos_hist.sum()
+    if positives == 0:
+        return {"max_f": None, "average_precision": None, "precision": None, "recall": None, "threshold": 0.0}
+    fn = np.concatenate([[0.0], np.cumsum(pos_hist)[:-1]])  # road pixels below threshold v/255
+    fp = np.cumsum(neg_hist[::-1])[::-1]  # non-road pixels at or above it
+    tp = positives - fn
+    recall = tp / positives
+    precision = tp / (tp + fp + 1e-10)
+    keep = ~((recall == 0) & (precision == 0))
+    thresholds = np.arange(256)[keep] / 255.0
+    recall, precision = recall[keep], precision[keep]
+    f = 2 * precision * recall / (precision + recall + 1e-10)
+    best = int(np.argmax(f))
+    ap = np.mean([precision[recall >= r].max() if (recall >= r).any() else 0.0 for r in np.arange(0, 1.1, 0.1)])
+    return {"max_f": float(f[best]), "average_precision": float(ap), "precision": float(precision[best]),
+            "recall": float(recall[best]), "threshold": float(thresholds[best])}

@@ -54,6 +54,7 @@ class TrainConfig:
     strategy: str = "default"  # default | mirrored | multiworker (reads TF_CONFIG)
     deterministic: bool = False  # enable TF op determinism (bit-identical reruns, slower)
     jit_compile: bool = False  # XLA-compile the training step
+    max_minutes: float | None = None  # wall-clock budget: stop mid-epoch when spent, then validate and save
     image_every: int = 1  # epochs between TensorBoard image overlays (0 = never)
     num_images: int = 4  # validation samples shown in TensorBoard
     augment: bool = True  # random scale/crop/flip + photometric jitter on training images
@@ -98,7 +99,7 @@ def check_run_dir(run_dir: str, resume: bool) -> None:
         raise FcnsegError(f"--run-dir {run_dir} is not writable: {e.strerror}") from None
 
 
-def make_schedule(config: TrainConfig, total_steps: int):
+def make_schedule(config: TrainConfig, total_steps: int, deadline: float | None = None):
     import keras
 
     lr = config.learning_rate
@@ -110,7 +111,7 @@ def make_schedule(config: TrainConfig, total_steps: int):
         bounds = [max(1, int(total_steps * 2 / 3)), max(2, int(total_steps * 8 / 9))]
         return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, [lr, lr / 10, lr / 100])
     if config.schedule == "onecycle":
-        return OneCycle(lr, max(total_steps, 2))
+        return OneCycle(lr, max(total_steps, 2), deadline, 60 * (config.max_minutes or 0))
     raise FcnsegError(f"--schedule {config.schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}")
 
 
@@ -119,13 +120,23 @@ def _one_cycle_class():
     import tensorflow as tf
 
     class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
-        """Smith's one-cycle: cosine warm-up to ``max_lr`` over 30%, cosine anneal to ~0."""
+        """Smith's one-cycle: cosine warm-up to ``max_lr`` over 30%, cosine anneal to ~0.
 
-        def __init__(self, max_lr: float, total_steps: int) -> None:
+        With a ``deadline`` (Unix time) the cycle's progress is the larger of
+        steps done and wall-clock spent, so a wall-clock budget that runs out
+        before the planned steps (a slower or shared machine) still ends annealed.
+        """
+
+        def __init__(self, max_lr: float, total_steps: int, deadline: float | None = None,
+                     budget_s: float = 0.0) -> None:
             self.max_lr, self.total_steps = max_lr, total_steps
+            self.deadline, self.budget_s = deadline, budget_s
 
         def __call__(self, step):
             t = tf.cast(step, tf.float32) / self.total_steps
+            if self.deadline and self.budget_s:
+                spent = 1.0 - (self.deadline - tf.timestamp()) / self.budget_s
+                t = tf.maximum(t, tf.cast(spent, tf.float32))
             warm = 0.3
             lo, hi = self.max_lr / 25.0, self.max_lr
             up = lo + (hi - lo) * (1 - tf.cos(math.pi * t / warm)) / 2
@@ -133,21 +144,23 @@ def _one_cycle_class():
             return tf.where(t < warm, up, down)
 
         def get_config(self):
-            return {"max_lr": self.max_lr, "total_steps": self.total_steps}
+            return {"max_lr": self.max_lr, "total_steps": self.total_steps, "deadline": self.deadline,
+                    "budget_s": self.budget_s}
 
     return OneCycle
 
 
-def OneCycle(max_lr: float, total_steps: int):  # noqa: N802 - reads like the class it builds
-    return _one_cycle_class()(max_lr, total_steps)
+def OneCycle(max_lr: float, total_steps: int, deadline: float | None = None,  # noqa: N802 - reads like a class
+             budget_s: float = 0.0):
+    return _one_cycle_class()(max_lr, total_steps, deadline, budget_s)
 
 
-def make_optimizer(config: TrainConfig, total_steps: int):
+def make_optimizer(config: TrainConfig, total_steps: int, deadline: float | None = None):
     import keras
 
     if config.optimizer not in OPTIMIZERS:
         raise FcnsegError(f"--optimizer {config.optimizer!r} is unknown; choose one of {', '.join(OPTIMIZERS)}")
-    lr = make_schedule(config, total_steps)
+    lr = make_schedule(config, total_steps, deadline)
     common = {"weight_decay": config.weight_decay or None,
               "gradient_accumulation_steps": config.accumulate if config.accumulate > 1 else None}
     if config.optimizer == "adam":
@@ -221,11 +234,12 @@ def _validate(config: TrainConfig) -> None:
     parse_spec(config.loss)
 
 
-def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict:
+def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] = print,
+          resume_epochs: int | None = None) -> dict:
     """Train as ``config`` says; returns the best validation scores.
 
     With ``resume`` the run continues from ``config.run_dir``'s last saved
-    state (its config.json wins over ``config``, except ``epochs``).
+    state with the configuration saved there; ``resume_epochs`` extends it.
     """
     import keras
 
@@ -234,7 +248,7 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
         check_run_dir(config.run_dir, resume=True)
         with open(os.path.join(config.run_dir, "config.json")) as f:
             saved = TrainConfig.from_json({k: v for k, v in json.load(f).items() if k in _FIELDS})
-        config = dataclasses.replace(saved, epochs=config.epochs, run_dir=config.run_dir)
+        config = dataclasses.replace(saved, epochs=resume_epochs or saved.epochs, run_dir=config.run_dir)
     _validate(config)
     # Non-chief workers of a multi-worker run must still save (saving is a
     # collective operation) but into a scratch folder that is thrown away.
@@ -276,10 +290,14 @@ def _train(config: TrainConfig, resume: bool, log, chief: bool, work_dir: str) -
     total_steps = steps_per_epoch * config.epochs
 
     keras.utils.set_random_seed(config.seed)
+    deadline = time.time() + 60 * config.max_minutes if config.max_minutes else None
     with strategy.scope():
         model = build_model(config, num_classes)
         # The schedule counts optimizer updates, which accumulation makes fewer.
-        optimizer = make_optimizer(config, max(1, total_steps // config.accumulate))
+        optimizer = make_optimizer(config, max(1, total_steps // config.accumulate), deadline)
+        # Slots must exist before the first distributed step: creating them
+        # lazily inside strategy.run breaks mirrored variables.
+        optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         best = tf.Variable(-np.inf, dtype=tf.float64, trainable=False, name="best_metric")
     opts = losses.LossOptions(class_weights=config.class_weights, fbeta=tuple(config.fbeta),
@@ -296,6 +314,7 @@ def _train(config: TrainConfig, resume: bool, log, chief: bool, work_dir: str) -
     state = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, best=best)
     manager = tf.train.CheckpointManager(state, os.path.join(work_dir, "state"), max_to_keep=1)
     if resume:
+        _remove_partial_files(config.run_dir)
         latest = tf.train.latest_checkpoint(os.path.join(config.run_dir, "state"))
         if latest is None:
             raise FcnsegError(f"--resume: {config.run_dir} has no saved training state yet")
@@ -303,6 +322,8 @@ def _train(config: TrainConfig, resume: bool, log, chief: bool, work_dir: str) -
         log(f"resumed {config.run_dir} at step {int(step.numpy())}")
 
     replicas = strategy.num_replicas_in_sync
+    if config.strategy != "default":
+        log(f"{config.strategy} strategy: {replicas} replicas in sync, global batch {config.batch_size}")
 
     def step_fn(images, labels):
         with tf.GradientTape() as tape:
@@ -331,6 +352,7 @@ def _train(config: TrainConfig, resume: bool, log, chief: bool, work_dir: str) -
     shown = _fixed_samples(source, config.num_images)
 
     start_epoch = int(step.numpy()) // steps_per_epoch
+    out_of_time = False
     for epoch in range(start_epoch, config.epochs):
         done_in_epoch = int(step.numpy()) - epoch * steps_per_epoch
         # A fresh, epoch-seeded pipeline: order and augmentation depend only on
@@ -347,21 +369,29 @@ def _train(config: TrainConfig, resume: bool, log, chief: bool, work_dir: str) -
         bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["lr"], verbose=1 if chief else 0)
         bar.update(done_in_epoch)
         t0, losses_seen = time.time(), []
-        try:
-            for images, labels in train_ds:
-                loss = float(train_step(images, labels))
-                step.assign_add(1)
-                now, lr = int(step.numpy()), _current_lr(optimizer)
-                if not np.isfinite(loss):
-                    raise FcnsegError(f"loss became {loss} at step {now} (learning rate {lr:.3g}); stopped, "
-                                      f"the last good state is in {config.run_dir}/state")
-                losses_seen.append(loss)
-                writers.scalars("train", now, {"loss": loss, "learning_rate": lr})
-                bar.add(1, [("loss", loss), ("lr", lr)])
-                if now % config.save_every == 0:
-                    manager.save(checkpoint_number=now)
-        except tf.errors.InvalidArgumentError as e:
-            raise FcnsegError(_data_error(e, source)) from None
+        batches = iter(train_ds)
+        while True:
+            try:
+                images, labels = next(batches)
+            except StopIteration:
+                break
+            except tf.errors.InvalidArgumentError as e:  # a corrupt, truncated or mismatched file
+                raise FcnsegError(_data_error(e, source)) from None
+            loss = float(train_step(images, labels))
+            step.assign_add(1)
+            now, lr = int(step.numpy()), _current_lr(optimizer)
+            if not np.isfinite(loss):
+                raise FcnsegError(f"loss became {loss} at step {now} (learning rate {lr:.3g}); stopped, "
+                                  f"the last good state is in {config.run_dir}/state")
+            losses_seen.append(loss)
+            writers.scalars("train", now, {"loss": loss, "learning_rate": lr})
+            bar.add(1, [("loss", loss), ("lr", lr)])
+            if now % config.save_every == 0:
+                manager.save(checkpoint_number=now)
+            if deadline is not None and time.time() > deadline:
+                out_of_time = True
+                break
+        train_seconds = time.time() - t0
         now = int(step.numpy())
         cm, val_loss = evaluate.confusion_matrix(model, val_ds, num_classes, loss_fn=eval_loss)
         scores = _scores(cm, source.class_names)
@@ -381,6 +411,7 @@ def _train(config: TrainConfig, resume: bool, log, chief: bool, work_dir: str) -
         manager.save(checkpoint_number=now)
         history.append({"epoch": epoch + 1, "step": now, "train_loss": float(np.mean(losses_seen or [np.nan])),
                         "val_loss": val_loss, "seconds": round(time.time() - t0, 1),
+                        "train_seconds": round(train_seconds, 1),
                         "mean_iou": scores["mean_iou"], "pixel_accuracy": scores["pixel_accuracy"],
                         "iou": {k: v["iou"] for k, v in scores["per_class"].items()},
                         "best": {k: best_scores[k] for k in ("mean_iou", "pixel_accuracy")}})
@@ -388,6 +419,9 @@ def _train(config: TrainConfig, resume: bool, log, chief: bool, work_dir: str) -
             _write_json(history_path, history)
         log(f"val loss {val_loss if val_loss is not None else float('nan'):.4f}  mIoU {scores['mean_iou']:.4f}  pixel acc {scores['pixel_accuracy']:.4f}"
             f"{'  (best so far, saved best.keras)' if improved else ''}")
+        if out_of_time:
+            log(f"stopped: the {config.max_minutes:g}-minute budget (--max-minutes) ran out at step {now}")
+            break
     writers.close()
     return best_scores
 
@@ -416,6 +450,13 @@ def _scores(cm, class_names):
 def _current_lr(optimizer) -> float:
     lr = optimizer.learning_rate
     return float(lr.numpy() if hasattr(lr, "numpy") else lr)
+
+
+def _remove_partial_files(run_dir: str) -> None:
+    """Drop what a killed run was writing: the finished files were never touched."""
+    for name in os.listdir(run_dir):
+        if name.endswith(".partial") or name.endswith(".partial.keras"):
+            os.remove(os.path.join(run_dir, name))
 
 
 def _write_json(path: str, data) -> None:

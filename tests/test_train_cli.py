@@ -134,3 +134,34 @@ def test_default_training_learns(tmp_path):
     best = json.loads((tmp_path / "r" / "history.json").read_text())[-1]["best"]["mean_iou"]
     # predicting the most frequent class everywhere scores about 0.05 mIoU on these scenes
     assert best > 0.35, best
+
+
+def test_resume_after_kill_9(tmp_path):
+    """A run killed with SIGKILL resumes from its last saved step and finishes the epoch."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "r"
+    cmd = [sys.executable, "-m", "fcnseg.cli", "train", *TINY[:6], "--steps-per-epoch", "400", "--val-steps", "1",
+           "--source-option", "val_size=2", "--source-option", "train_size=8", "--epochs", "1",
+           "--save-every", "3", "--image-every", "0", "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run_dir / "state" / "checkpoint"
+    deadline = time.time() + 300
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "no state was saved before the kill"
+    assert not (run_dir / "history.json").exists()  # killed mid-epoch
+    saved = int(state.read_text().split('"')[1].split("-")[-1])
+    assert saved % 3 == 0 and 0 < saved < 400
+    result = run("train", "--resume", "--run-dir", str(run_dir), "--epochs", "1", "--steps-per-epoch", "400")
+    assert result.exit_code == 0, result.output
+    assert f"at step {saved}" in result.output
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history[-1]["step"] == 400
+    assert not [p for p in os.listdir(run_dir) if "partial" in p]
