@@ -18,7 +18,6 @@ median-frequency class weights, which ``fcnseg train --class-weights`` reads.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -30,6 +29,7 @@ import numpy as np
 
 from fcnseg.classes import ClassTable, median_frequency_weights
 from fcnseg.errors import FcnsegError
+from fcnseg.files import write_json
 from fcnseg.source import Sample
 from fcnseg.validate import read_file
 
@@ -190,10 +190,8 @@ def check_labels(source, splits: Sequence[str] = ("train", "val"), *, values: bo
 
 
 def write_weights(report: Report, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(report.weights_json(), f, indent=1)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_json(path, report.weights_json())
 
 
 def _add(report: Report, split: str, problem: Problem) -> None:

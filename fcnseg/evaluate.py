@@ -11,7 +11,6 @@ each non-void label pixel is counted once.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcnseg.errors import FcnsegError
+from fcnseg.files import write_json
 from fcnseg.metrics import batch_confusion, kitti_scores, scores
 
 
@@ -115,10 +115,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
         "seconds": round(time.perf_counter() - start, 2),
     })
     if config.output:
-        tmp = config.output + ".partial"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, config.output)
+        write_json(config.output, result)
     return result
 
 

@@ -16,13 +16,15 @@ def colorize(mask: np.ndarray, palette: np.ndarray) -> np.ndarray:
 
 
 def blend(image: np.ndarray, mask: np.ndarray, palette: np.ndarray, alpha: float = 0.5,
-          ignore_label: int | None = None) -> np.ndarray:
-    """Image with the colour-coded mask on top at ``alpha``; void pixels stay the image."""
+          ignore_label: int | None = None, num_classes: int | None = None) -> np.ndarray:
+    """Image with the colour-coded mask on top at ``alpha``; void pixels (the
+    ignore label, or any value >= ``num_classes``) keep the image's own colour."""
     image = np.asarray(image, np.float32)
-    out = image * (1 - alpha) + colorize(mask, palette).astype(np.float32) * alpha
+    out = np.rint(image * (1 - alpha) + colorize(mask, palette).astype(np.float32) * alpha)
+    void = mask >= (num_classes if num_classes is not None else len(palette))
     if ignore_label is not None:
-        void = (mask == ignore_label) | (mask >= len(palette))
-        out[void] = image[void]
+        void |= mask == ignore_label
+    out[void] = image[void]
     return np.clip(out, 0, 255).astype(np.uint8)
 
 

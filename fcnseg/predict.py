@@ -27,8 +27,10 @@ from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 
+from fcnseg import overlay as overlay_lib
 from fcnseg.classes import ClassTable
 from fcnseg.errors import FcnsegError
+from fcnseg.files import ensure_writable_dir
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -291,14 +293,7 @@ def iter_frames(files: list[str]) -> Iterator[tuple[str, np.ndarray | None, str 
 
 def check_output_dir(path: str) -> None:
     """Create the folder and prove it is writable before any work is done."""
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".fcnseg-write-test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise FcnsegError(f"--output-dir {path} is not writable: {e.strerror or e}") from None
+    ensure_writable_dir(path, "--output-dir")
 
 
 def write_outputs(output_dir: str, name: str, image: np.ndarray, labels: np.ndarray, palette: np.ndarray,
@@ -307,9 +302,8 @@ def write_outputs(output_dir: str, name: str, image: np.ndarray, labels: np.ndar
     import cv2
 
     labels = np.clip(labels, 0, 255).astype(np.uint8)
-    color = palette[labels]
-    blend = (1.0 - alpha) * image.astype(np.float32) + alpha * color.astype(np.float32)
-    overlay = np.where((labels < num_classes)[..., None], np.rint(blend), image).astype(np.uint8)
+    color = overlay_lib.colorize(labels, palette)
+    overlay = overlay_lib.blend(image, labels, palette, alpha, num_classes=num_classes)
     for suffix, array in (("label", labels), ("color", color[..., ::-1]), ("overlay", overlay[..., ::-1])):
         path = os.path.join(output_dir, f"{name}_{suffix}.png")
         if not cv2.imwrite(path, np.ascontiguousarray(array)):

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from fcnseg.errors import FcnsegError
+from fcnseg.files import ensure_writable_dir, write_json
 
 
 @dataclass(frozen=True)
@@ -89,14 +90,7 @@ def check_run_dir(run_dir: str, resume: bool) -> None:
         return
     if os.path.isdir(run_dir) and os.listdir(run_dir):
         raise FcnsegError(f"--run-dir {run_dir} exists and is not empty; choose a new folder or pass --resume")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-        probe = os.path.join(run_dir, ".write-test")
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-    except OSError as e:
-        raise FcnsegError(f"--run-dir {run_dir} is not writable: {e.strerror}") from None
+    ensure_writable_dir(run_dir, "--run-dir")
 
 
 def make_schedule(config: TrainConfig, total_steps: int, deadline: float | None = None):
@@ -308,8 +302,8 @@ def _train(config: TrainConfig, resume: bool, log, chief: bool, work_dir: str) -
     meta = {"model": config.model, "encoder": config.encoder, "source": source.describe(),
             "config": config.to_json()}
     if chief:
-        _write_json(os.path.join(config.run_dir, "config.json"),
-                    config.to_json() | {"resolved_image_size": list(source.image_size)})
+        write_json(os.path.join(config.run_dir, "config.json"),
+                   config.to_json() | {"resolved_image_size": list(source.image_size)})
 
     state = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, best=best)
     manager = tf.train.CheckpointManager(state, os.path.join(work_dir, "state"), max_to_keep=1)
@@ -416,7 +410,7 @@ def _train(config: TrainConfig, resume: bool, log, chief: bool, work_dir: str) -
                         "iou": {k: v["iou"] for k, v in scores["per_class"].items()},
                         "best": {k: best_scores[k] for k in ("mean_iou", "pixel_accuracy")}})
         if chief:
-            _write_json(history_path, history)
+            write_json(history_path, history)
         log(f"val loss {val_loss if val_loss is not None else float('nan'):.4f}  mIoU {scores['mean_iou']:.4f}  pixel acc {scores['pixel_accuracy']:.4f}"
             f"{'  (best so far, saved best.keras)' if improved else ''}")
         if out_of_time:
@@ -457,13 +451,6 @@ def _remove_partial_files(run_dir: str) -> None:
     for name in os.listdir(run_dir):
         if name.endswith(".partial") or name.endswith(".partial.keras"):
             os.remove(os.path.join(run_dir, name))
-
-
-def _write_json(path: str, data) -> None:
-    tmp = path + ".partial"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _data_error(error: Exception, source) -> str:

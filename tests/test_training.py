@@ -98,7 +98,7 @@ def test_same_seed_same_first_epoch_loss(tmp_path):
     hb = json.loads((tmp_path / "b" / "run" / "history.json").read_text())
     assert ha[0]["train_loss"] == pytest.approx(hb[0]["train_loss"], rel=1e-5)
     assert a["mean_iou"] == pytest.approx(b["mean_iou"], abs=1e-6)
-    c = train(tiny(tmp_path / "c", seed=1), log=lambda s: None)
+    train(tiny(tmp_path / "c", seed=1), log=lambda s: None)
     hc = json.loads((tmp_path / "c" / "run" / "history.json").read_text())
     assert hc[0]["train_loss"] != pytest.approx(ha[0]["train_loss"], rel=1e-5)
 
