@@ -102,6 +102,8 @@ def main() -> None:
               help="LinkNet encoder.")
 @click.option("--encoder-weights", default=None,
               help="'imagenet' (FCN: VGG16 via keras.applications) or a local weights file.")
+@click.option("--init-from", type=click.Path(dir_okay=False), default=None,
+              help="Start from the weights of this fcnseg checkpoint (fine-tuning; same model and classes).")
 @click.option("--width", default=1.0, show_default=True, type=click.FloatRange(min=0.01),
               help="Filter-count multiplier; 1.0 is the paper's model.")
 @click.option("--image-size", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
@@ -154,7 +156,8 @@ def main() -> None:
               help="Steps between resumable state saves.")
 @click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last saved state.")
 @reports_errors
-def train(data_source, data_dir, source_option, model, encoder, encoder_weights, width, image_size, epochs,
+def train(data_source, data_dir, source_option, model, encoder, encoder_weights, init_from, width, image_size,
+          epochs,
           batch_size, steps_per_epoch, val_steps, optimizer, learning_rate, momentum, weight_decay, schedule,
           class_weights, loss, fbeta, focal_gamma, accumulate, mixed_precision, strategy, deterministic, jit,
           max_minutes, image_every, monitor, no_augment, seed, run_dir, save_every, resume):
@@ -166,7 +169,8 @@ def train(data_source, data_dir, source_option, model, encoder, encoder_weights,
     run_dir = run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{model}")
     config = TrainConfig(
         data_source=data_source, data_dir=data_dir, source_options=parse_source_options(source_option),
-        model=model, encoder=encoder, encoder_weights=encoder_weights, width=width, image_size=image_size,
+        model=model, encoder=encoder, encoder_weights=encoder_weights, init_from=init_from, width=width,
+        image_size=image_size,
         epochs=epochs or TrainConfig.epochs, batch_size=batch_size, steps_per_epoch=steps_per_epoch, val_steps=val_steps,
         optimizer=optimizer, learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
         schedule=schedule, class_weights=parse_class_weights(class_weights),

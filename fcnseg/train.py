@@ -35,6 +35,7 @@ class TrainConfig:
     model: str = "linknet"  # fcn8s | fcn16s | fcn32s | linknet
     encoder: str = "resnet18"  # LinkNet encoder: resnet18 | resnet34
     encoder_weights: str | None = None  # None, "imagenet" (FCN) or a local weights file
+    init_from: str | None = None  # start from this fcnseg checkpoint's weights (fine-tuning)
     width: float = 1.0  # filter-count multiplier (1.0 = the paper's model)
     image_size: tuple[int, int] | None = None  # (W, H) to train at; None = the source's default
     epochs: int = 6
@@ -183,6 +184,21 @@ def build_model(config: TrainConfig, num_classes: int):
         raise FcnsegError(str(e).splitlines()[0]) from e
 
 
+def init_weights(model, path: str, classes) -> None:
+    """Copy a checkpoint's weights into ``model``, refusing one of another shape or class count."""
+    from fcnseg import checkpoint
+
+    other, meta, table = checkpoint.load(path)
+    if table.num_classes != classes.num_classes:
+        raise FcnsegError(f"--init-from {path} predicts {table.num_classes} classes but the source has "
+                          f"{classes.num_classes}; train a new model or use a matching checkpoint")
+    mine, theirs = model.get_weights(), other.get_weights()
+    if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
+        raise FcnsegError(f"--init-from {path} is a {meta.get('model')} of another shape than --model "
+                          f"{model.name} (check --model, --encoder and --width)")
+    model.set_weights(theirs)
+
+
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = (None, "float16", "bfloat16")
 
@@ -287,6 +303,8 @@ def _train(config: TrainConfig, resume: bool, log, chief: bool, work_dir: str) -
     deadline = time.time() + 60 * config.max_minutes if config.max_minutes else None
     with strategy.scope():
         model = build_model(config, num_classes)
+        if config.init_from and not resume:
+            init_weights(model, config.init_from, source.classes)
         # The schedule counts optimizer updates, which accumulation makes fewer.
         optimizer = make_optimizer(config, max(1, total_steps // config.accumulate), deadline)
         # Slots must exist before the first distributed step: creating them

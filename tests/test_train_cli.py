@@ -165,3 +165,29 @@ def test_resume_after_kill_9(tmp_path):
     history = json.loads((run_dir / "history.json").read_text())
     assert history[-1]["step"] == 400
     assert not [p for p in os.listdir(run_dir) if "partial" in p]
+
+
+def test_init_from_checkpoint(tiny_run, tmp_path):
+    from fcnseg import checkpoint
+
+    best = str(tiny_run[0] / "best.keras")
+    result = run("train", *TINY, "--epochs", "1", "--steps-per-epoch", "1", "--init-from", best,
+                 "--lr", "1e-12", "--run-dir", str(tmp_path / "ok"))
+    assert result.exit_code == 0, result.output
+    start, _, _ = checkpoint.load(best)
+    tuned, _, _ = checkpoint.load(str(tmp_path / "ok" / "last.keras"))
+    # a ~zero learning rate: the fine-tuned run starts from (and stays at) the checkpoint's conv weights
+    np.testing.assert_allclose(tuned.get_weights()[0], start.get_weights()[0], atol=1e-6)
+    wide = [a if a != "0.125" else "0.25" for a in TINY]
+    result = run("train", *wide, "--init-from", best, "--run-dir", str(tmp_path / "shape"))
+    assert result.exit_code != 0 and "--init-from" in result.output and "another shape" in result.output
+    src = tmp_path / "two.py"
+    src.write_text(
+        "from fcnseg.classes import table\n"
+        "from fcnseg.sources.synthetic import SyntheticSource\n"
+        "class Two(SyntheticSource):\n"
+        "    classes = table([('a', 0, 0, (1, 1, 1)), ('b', 1, 1, (2, 2, 2))])\n"
+        "def make_source(data_dir, image_size=None, seed=0, train_size=8, val_size=4):\n"
+        "    return Two(image_size, seed, train_size=int(train_size), val_size=int(val_size))\n")
+    result = run("train", *TINY, "--data-source", str(src), "--init-from", best, "--run-dir", str(tmp_path / "c"))
+    assert result.exit_code != 0 and "predicts 6 classes but the source has 2" in result.output
