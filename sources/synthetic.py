@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from fcnseg.classes import table
+from fcnseg.errors import FcnsegError
 from fcnseg.source import DataSource
 
 # name, id, train id, colour (Cityscapes' colours for the same classes)
@@ -162,6 +163,8 @@ class SyntheticSource(DataSource):
         self.fresh = bool(int(fresh))
 
     def split_size(self, split: str) -> int:
+        if split not in self.sizes:
+            raise FcnsegError(f"--split {split}: the synthetic source has splits {', '.join(self.sizes)}")
         return self.sizes[split]
 
     def scene(self, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -173,7 +176,7 @@ class SyntheticSource(DataSource):
         import tensorflow as tf
 
         w, h = self.image_size
-        n = self.sizes[split]
+        n = self.split_size(split)
         # fresh: the index keeps growing across epochs, so every epoch is new.
         indices = tf.data.Dataset.range(2**62 if (self.fresh and split == "train") else n)
         if shuffle and not self.fresh:

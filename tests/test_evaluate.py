@@ -166,6 +166,8 @@ def test_evaluate_bad_inputs(tiny_checkpoint, tmp_path):
     assert result.exit_code != 0 and "is not an fcnseg checkpoint" in result.output
     result = _run("evaluate", "--checkpoint", str(tmp_path / "missing.keras"))
     assert result.exit_code != 0 and "no such file" in result.output
+    result = _run("evaluate", "--checkpoint", str(path), "--split", "nope")
+    assert result.exit_code != 0 and "--split nope" in result.output
     result = _run("evaluate", "--checkpoint", str(path), "--output", str(tmp_path / "nope" / "r.json"))
     assert result.exit_code != 0 and "--output" in result.output
     camvid = tmp_path / "camvid"
