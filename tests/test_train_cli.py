@@ -144,7 +144,7 @@ def test_resume_after_kill_9(tmp_path):
     import time
 
     run_dir = tmp_path / "r"
-    cmd = [sys.executable, "-m", "fcnseg.cli", "train", *TINY[:6], "--steps-per-epoch", "400", "--val-steps", "1",
+    cmd = [sys.executable, "-m", "fcnseg.cli", "train", *TINY[:6], "--steps-per-epoch", "150", "--val-steps", "1",
            "--source-option", "val_size=2", "--source-option", "train_size=8", "--epochs", "1",
            "--save-every", "3", "--image-every", "0", "--run-dir", str(run_dir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -158,12 +158,12 @@ def test_resume_after_kill_9(tmp_path):
     assert state.exists(), "no state was saved before the kill"
     assert not (run_dir / "history.json").exists()  # killed mid-epoch
     saved = int(state.read_text().split('"')[1].split("-")[-1])
-    assert saved % 3 == 0 and 0 < saved < 400
-    result = run("train", "--resume", "--run-dir", str(run_dir), "--epochs", "1", "--steps-per-epoch", "400")
+    assert saved % 3 == 0 and 0 < saved < 150
+    result = run("train", "--resume", "--run-dir", str(run_dir))
     assert result.exit_code == 0, result.output
     assert f"at step {saved}" in result.output
     history = json.loads((run_dir / "history.json").read_text())
-    assert history[-1]["step"] == 400
+    assert history[-1]["step"] == 150
     assert not [p for p in os.listdir(run_dir) if "partial" in p]
 
 
