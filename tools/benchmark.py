@@ -1,0 +1,568 @@
+"""Speed, memory and FLOP efficiency of fcnseg's models, against the machine's peak and a PyTorch peer.
+
+    python tools/benchmark.py [--models fcn8s,linknet-resnet18,linknet-resnet34]
+                              [--sizes 480x360,1248x384,1024x512] [--json out.json] [--quick]
+
+How it measures (the machine may be shared, so every figure that is compared
+with another is measured side by side, interleaved, in one run):
+
+* Each (model, size) group runs in fresh worker subprocesses, one per
+  contender: fcnseg (TensorFlow), the PyTorch peer (tools/torch_models.py,
+  same layers and parameter count), and for LinkNet-ResNet18 at 480x360 the
+  real CamVid input pipeline. The orchestrator asks them in turn (A, B, C, A,
+  B, C, ...) for a few training steps, then for a few inferences, and reports
+  medians. A worker's peak resident memory (VmHWM) is read after its training
+  rounds, so it is the training peak of that config alone.
+* Training step: forward, cross-entropy over non-void pixels, backward, Adam
+  update, on random images and labels held in memory (the pipeline is timed
+  separately). Inference: batch 1, ms per image.
+* FLOPs per image are counted from the forward graph (a concrete function at
+  the group's size, batch 1): every Conv2D, Conv2DBackpropInput (transposed
+  conv) and MatMul op, 2 FLOPs per multiply-add, from the ops' static shapes.
+  Element-wise ops (BN, ReLU, adds) are not counted. TF's own profiler
+  (tf.compat.v1.profiler float_operation) is printed beside it as a check.
+  Training FLOPs = 3x forward (backward = input grads + weight grads).
+* Peak: a 4096^3 matmul in TF on all cores, fp32 (and bf16), sampled once per
+  round throughout the run by its own worker; the median is the peak.
+* Cost growth: LinkNet-ResNet18 at 0.5x, 1x, 2x the pixels of 480x360,
+  interleaved, as seconds per megapixel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATA = HERE.parents[0].parent / "shared" / "data" / "camvid"
+NUM_CLASSES = 11  # CamVid SegNet classes; label 11 is void
+MODELS = ("fcn8s", "linknet-resnet18", "linknet-resnet34")
+SIZES = ("480x360", "1248x384", "1024x512")
+GROWTH_SIZES = ("336x256", "480x360", "672x512")  # 0.50x, 1x, 1.99x the pixels of 480x360
+
+
+def default_batch(model: str, size: tuple[int, int]) -> int:
+    """4 for FCN-8s / 8 for LinkNet at 480x360, the same pixels per batch
+    (rounded down) at the larger sizes so memory stays within a 24 GiB machine."""
+    base = 4 if model == "fcn8s" else 8
+    return max(1, min(base, int(base * 480 * 360 / (size[0] * size[1]))))
+
+
+# ------------------------------------------------------------------ workers
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set (VmHWM), MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class TFWorker:
+    def __init__(self, spec: dict) -> None:
+        import keras
+        import tensorflow as tf
+
+        from fcnseg.losses import masked_cross_entropy
+        from fcnseg.models import fcn8s, linknet
+
+        if spec.get("precision") == "bfloat16":
+            keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+        name, (w, h), b = spec["model"], spec["size"], spec["batch"]
+        self.spec, self.tf = spec, tf
+        self.model = fcn8s(NUM_CLASSES) if name == "fcn8s" else linknet(NUM_CLASSES, name.split("-", 1)[1])
+        self.opt = keras.optimizers.Adam(1e-4)
+        loss_fn = masked_cross_entropy(NUM_CLASSES)
+        gen = tf.random.Generator.from_seed(0)
+        self.x = gen.uniform((b, h, w, 3), 0, 255)
+        self.y = gen.uniform((b, h, w), 0, NUM_CLASSES + 1, tf.int32)
+        self.x1 = self.x[:1]
+        model, opt = self.model, self.opt
+
+        @tf.function(jit_compile=spec.get("jit") or None)
+        def train_step(x, y):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
+            return loss
+
+        @tf.function(jit_compile=spec.get("jit") or None)
+        def infer(x):
+            return model(x, training=False)
+
+        self.train_step, self.infer_fn = train_step, infer
+
+    def train(self) -> float:
+        start = time.perf_counter()
+        self.train_step(self.x, self.y).numpy()
+        return time.perf_counter() - start
+
+    def infer(self) -> float:
+        start = time.perf_counter()
+        self.infer_fn(self.x1).numpy()
+        return time.perf_counter() - start
+
+    def info(self) -> dict:
+        import numpy as np
+
+        w, h = self.spec["size"]
+        # Trainable only, as torch's parameters(): BN's moving statistics are buffers there.
+        params = sum(int(np.prod(v.shape)) for v in self.model.trainable_weights)
+        return {"params": params} | count_flops(self.model, h, w)
+
+
+def count_flops(model, h: int, w: int) -> dict:
+    """Forward FLOPs of one (h, w) image from the graph's conv/matmul ops (2 per multiply-add)."""
+    import numpy as np
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False))
+    graph = fn.get_concrete_function(tf.TensorSpec([1, h, w, 3], tf.float32)).graph
+    total, first_conv = 0, None
+    for op in graph.get_operations():
+        if op.type == "Conv2D":
+            out = op.outputs[0].shape.as_list()
+            kh, kw, cin, _ = op.inputs[1].shape.as_list()
+            flops = 2 * int(np.prod(out)) * kh * kw * cin
+            if first_conv is None:
+                first_conv = {"op": op.name, "output": out, "kernel": op.inputs[1].shape.as_list(), "flops": flops}
+        elif op.type == "Conv2DBackpropInput":  # transposed conv: every input pixel scatters a kh*kw*cout patch
+            grad_in = op.inputs[2].shape.as_list()
+            kh, kw, cout, _ = op.inputs[1].shape.as_list()
+            flops = 2 * int(np.prod(grad_in)) * kh * kw * cout
+        elif op.type in ("MatMul", "BatchMatMulV2"):
+            a, b = op.inputs[0].shape.as_list(), op.inputs[1].shape.as_list()
+            flops = 2 * int(np.prod(a)) * b[-1]
+        else:
+            continue
+        total += flops
+    try:
+        opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+        opts["output"] = "none"
+        profiler = int(tf.compat.v1.profiler.profile(graph, options=opts).total_float_ops)
+    except Exception:  # the profiler is a check only
+        profiler = None
+    return {"forward_flops": total, "profiler_flops": profiler, "first_conv": first_conv}
+
+
+class TorchWorker:
+    def __init__(self, spec: dict) -> None:
+        import torch
+
+        sys.path.insert(0, str(HERE))
+        import torch_models
+
+        torch.set_num_threads(spec.get("threads", 2))
+        torch.manual_seed(0)
+        (w, h), b = spec["size"], spec["batch"]
+        self.torch = torch
+        self.model = torch_models.build(spec["model"], NUM_CLASSES)
+        self.opt = torch.optim.Adam(self.model.parameters(), 1e-4)
+        self.loss = torch.nn.CrossEntropyLoss(ignore_index=NUM_CLASSES)
+        self.x = torch.rand(b, 3, h, w) * 255
+        self.y = torch.randint(0, NUM_CLASSES + 1, (b, h, w))
+        self.x1 = self.x[:1]
+
+    def train(self) -> float:
+        start = time.perf_counter()
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+        loss.item()
+        return time.perf_counter() - start
+
+    def infer(self) -> float:
+        self.model.eval()
+        start = time.perf_counter()
+        with self.torch.inference_mode():
+            self.model(self.x1).sum().item()
+        return time.perf_counter() - start
+
+    def info(self) -> dict:
+        return {"params": sum(p.numel() for p in self.model.parameters()), "torch": self.torch.__version__}
+
+
+class PipelineWorker:
+    """Pulls batches from the real CamVid training pipeline (decode + augment), nothing consuming."""
+
+    def __init__(self, spec: dict) -> None:
+        from fcnseg import sources
+
+        w, h = spec["size"]
+        source = sources.load("camvid", spec["data_dir"], image_size=(w, h))
+        self.batch = spec["batch"]
+        self.it = iter(source.train_dataset(self.batch, drop_remainder=True).repeat())
+
+    def train(self, drain: int = 30, timed: int = 10) -> float:
+        """Seconds per batch. While other workers run, this one's prefetch buffers fill up; batches
+        served from them would overstate the rate, so ``drain`` batches are pulled untimed first."""
+        for _ in range(drain):
+            next(self.it)
+        start = time.perf_counter()
+        for _ in range(timed):
+            images, _ = next(self.it)
+        images.numpy()
+        return (time.perf_counter() - start) / timed
+
+    def infer(self) -> float:
+        return float("nan")
+
+    def info(self) -> dict:
+        return {}
+
+
+class PeakWorker:
+    """FLOP/s of a large matmul in TF on all cores: the machine's attainable peak."""
+
+    def __init__(self, spec: dict) -> None:
+        import tensorflow as tf
+
+        n = spec.get("n", 4096)
+        self.n, self.tf = n, tf
+        gen = tf.random.Generator.from_seed(0)
+        a32, b32 = gen.normal((n, n)), gen.normal((n, n))
+        self.pairs = {"float32": (a32, b32), "bfloat16": (tf.cast(a32, tf.bfloat16), tf.cast(b32, tf.bfloat16))}
+        self.mm = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
+
+    def sample(self, dtype: str) -> float:
+        a, b = self.pairs[dtype]
+        start = time.perf_counter()
+        self.mm(a, b).numpy()
+        return 2 * self.n**3 / (time.perf_counter() - start)
+
+    def train(self) -> float:  # one fp32 and one bf16 sample per round
+        return self.sample("float32")
+
+    def infer(self) -> float:
+        return self.sample("bfloat16")
+
+    def info(self) -> dict:
+        return {}
+
+
+WORKERS = {"tf": TFWorker, "torch": TorchWorker, "pipeline": PipelineWorker, "peak": PeakWorker}
+
+
+def worker_main(spec_json: str) -> None:
+    """Serve commands from the orchestrator on stdin, one JSON answer per line on stdout."""
+    spec = json.loads(spec_json)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # library chatter must not corrupt the protocol
+    try:
+        worker = WORKERS[spec["kind"]](spec)
+        answer = {"ok": True}
+    except Exception as e:  # reported, not raised: the orchestrator skips this contender
+        worker, answer = None, {"ok": False, "error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+    print(json.dumps(answer), file=out, flush=True)
+    if worker is None:
+        return
+    for line in sys.stdin:
+        cmd, _, arg = line.strip().partition(" ")
+        if cmd == "train":
+            result = [worker.train() for _ in range(int(arg))]
+        elif cmd == "infer":
+            result = [worker.infer() for _ in range(int(arg))]
+        elif cmd == "mem":
+            result = peak_rss_mib()
+        elif cmd == "info":
+            result = worker.info()
+        else:
+            break
+        print(json.dumps(result), file=out, flush=True)
+
+
+class Worker:
+    """The orchestrator's handle on one worker subprocess."""
+
+    def __init__(self, spec: dict, label: str) -> None:
+        self.label, self.spec = label, spec
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        hello = self._read()
+        self.ok, self.error = hello.get("ok", False), hello.get("error")
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            return {"ok": False, "error": f"worker exited with status {self.proc.wait()}"}
+        return json.loads(line)
+
+    def ask(self, cmd: str):
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write("quit\n")
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        self.proc.wait()
+
+
+# ------------------------------------------------------------------ orchestration
+
+
+def interleave(workers: list[Worker], cmd: str, rounds: int, per_round: int, peak: Worker | None,
+               peaks: dict) -> dict[str, list[float]]:
+    """A, B, C, A, B, C, ...: ``rounds`` times ``per_round`` calls each; returns every sample per worker."""
+    samples: dict[str, list[float]] = {w.label: [] for w in workers}
+    for _ in range(rounds):
+        for w in workers:
+            samples[w.label] += w.ask(f"{cmd} {per_round}")
+        if peak is not None:
+            peaks["float32"] += peak.ask("train 1")
+            peaks["bfloat16"] += peak.ask("infer 1")
+    return samples
+
+
+def run_group(name: str, contenders: list[tuple[str, dict]], args, peak: Worker | None, peaks: dict, log) -> dict:
+    """Start every contender, warm up, interleave training then inference, then read memory and FLOPs."""
+    workers = []
+    for label, spec in contenders:
+        w = Worker(spec, label)
+        if w.ok:
+            workers.append(w)
+        else:
+            log(f"  {label}: skipped ({w.error})")
+    result: dict = {}
+    try:
+        for w in workers:  # warm-up: graph tracing, oneDNN primitive caches, thread pools, file cache
+            w.ask(f"train {args.warmup}")
+        train = interleave(workers, "train", args.rounds, args.steps, peak, peaks)
+        for w in workers:
+            result[w.label] = {"spec": w.spec, "train_s_per_step": statistics.median(train[w.label]),
+                               "train_samples": train[w.label], "peak_rss_mib": round(w.ask("mem"), 1)}
+        infer_workers = [w for w in workers if w.spec["kind"] in ("tf", "torch")]
+        for w in infer_workers:
+            w.ask(f"infer {args.warmup}")
+        infer = interleave(infer_workers, "infer", args.rounds, args.steps, peak, peaks)
+        for w in infer_workers:
+            result[w.label]["infer_ms_per_image"] = 1000 * statistics.median(infer[w.label])
+            result[w.label] |= w.ask("info")
+    finally:
+        for w in workers:
+            w.close()
+    for r in result.values():
+        r["train_images_per_s"] = r["spec"]["batch"] / r["train_s_per_step"]
+    return result
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    w, h = text.lower().split("x")
+    return int(w), int(h)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--sizes", default=",".join(SIZES), help="WxH list")
+    parser.add_argument("--batch", type=int, default=None, help="training batch (default: per model and size)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per measurement")
+    parser.add_argument("--steps", type=int, default=1, help="training steps (or inferences) per round")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--jit", action="store_true", help="XLA-compile fcnseg's steps")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+                        help="fcnseg's dtype policy (bfloat16 = mixed_bfloat16)")
+    parser.add_argument("--variants", default="", help="extra fcnseg contenders, e.g. 'jit,bf16,jit+bf16'")
+    parser.add_argument("--no-peer", action="store_true", help="skip the PyTorch peer")
+    parser.add_argument("--peer-sizes", default=None, help="sizes with a peer (default: all)")
+    parser.add_argument("--no-pipeline", action="store_true")
+    parser.add_argument("--no-growth", action="store_true")
+    parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
+    parser.add_argument("--json", default=None, help="write every figure here")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: tiny sizes, one round")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker_main(args.worker)
+    if args.quick:
+        args.sizes, args.rounds, args.warmup = "128x96", 2, 1
+        args.models = args.models if args.models != ",".join(MODELS) else "fcn8s,linknet-resnet18"
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    models = [m for m in args.models.split(",") if m]
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s]
+    peer_sizes = sizes if args.peer_sizes is None else [parse_size(s) for s in args.peer_sizes.split(",") if s]
+    try:
+        import torch  # noqa: F401
+
+        have_torch = not args.no_peer
+    except ImportError:
+        have_torch = False
+        log("PyTorch is not installed: the peer columns are skipped (pip install torch to get them)")
+    pipeline_size = (480, 360) if not args.quick else sizes[0]
+    have_data = os.path.isdir(args.data_dir) and not args.no_pipeline
+    if not have_data and not args.no_pipeline:
+        log(f"no CamVid at {args.data_dir}: the input-pipeline rate is skipped")
+
+    peak = Worker({"kind": "peak", "n": 1024 if args.quick else 4096}, "peak")
+    peak.ask("train 2")  # warm-up
+    peaks: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    variants = [v for v in args.variants.split(",") if v]
+    groups = {}
+    started = time.time()
+    report = {"machine": {}, "peak_flops": {}, "settings": vars(args), "groups": groups, "growth": {}}
+    for size in sizes:  # size-major: the 480x360 figures (the targets) come first
+        for model in models:
+            batch = args.batch or default_batch(model, size)
+            base = {"model": model, "size": list(size), "batch": batch}
+            contenders = [("fcnseg", base | {"kind": "tf", "jit": args.jit, "precision": args.precision})]
+            for v in variants:
+                contenders.append((f"fcnseg[{v}]", base | {"kind": "tf", "jit": "jit" in v,
+                                                          "precision": "bfloat16" if "bf16" in v else "float32"}))
+            if have_torch and size in peer_sizes:
+                contenders.append(("torch", base | {"kind": "torch"}))
+            if have_data and model == "linknet-resnet18" and size == pipeline_size:
+                contenders.append(("pipeline", {"kind": "pipeline", "size": list(size), "batch": batch,
+                                                "data_dir": args.data_dir}))
+            key = f"{model}@{size[0]}x{size[1]}"
+            log(f"{key} batch {batch}: {', '.join(c for c, _ in contenders)}")
+            groups[key] = run_group(key, contenders, args, peak, peaks, log)
+            if args.json:  # partial results survive an interrupted run
+                with open(args.json, "w") as f:
+                    json.dump(report | {"peak_flops": dict(peaks)}, f, indent=1)
+    growth = {}
+    if not args.no_growth:
+        growth_sizes = [parse_size(s) for s in GROWTH_SIZES] if not args.quick else [(96, 64), (128, 96), (192, 128)]
+        contenders = [(f"{w}x{h}", {"kind": "tf", "model": "linknet-resnet18", "size": [w, h], "batch": 4,
+                                    "jit": args.jit, "precision": args.precision}) for w, h in growth_sizes]
+        log(f"cost growth, linknet-resnet18 batch 4: {', '.join(c for c, _ in contenders)}")
+        growth = run_group("growth", contenders, args, peak, peaks, log)
+    peak.close()
+
+    peak_fp32 = statistics.median(peaks["float32"]) if peaks["float32"] else float("nan")
+    peak_bf16 = statistics.median(peaks["bfloat16"]) if peaks["bfloat16"] else float("nan")
+    report = {"machine": machine(), "peak_flops": {"float32": peak_fp32, "bfloat16": peak_bf16,
+                                                    "float32_samples": peaks["float32"],
+                                                    "bfloat16_samples": peaks["bfloat16"]},
+              "settings": vars(args) | {"seconds": round(time.time() - started)},
+              "groups": groups, "growth": growth}
+    derive(report)
+    print(render(report))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        log(f"wrote {args.json}")
+
+
+def derive(report: dict) -> None:
+    """Fill in FLOP/s, fractions of peak and ratios from the raw figures."""
+    peak = report["peak_flops"]["float32"]
+    for key, group in report["groups"].items():
+        tf_fig = group.get("fcnseg", {})
+        flops = tf_fig.get("forward_flops")
+        for label, fig in group.items():
+            if fig["spec"]["kind"] in ("tf", "torch") and flops:
+                fig["train_flops_per_s"] = 3 * flops * fig["train_images_per_s"]
+                fig["train_fraction_of_fp32_peak"] = fig["train_flops_per_s"] / peak
+                fig["infer_flops_per_s"] = flops / (fig["infer_ms_per_image"] / 1000)
+                fig["infer_fraction_of_fp32_peak"] = fig["infer_flops_per_s"] / peak
+        if "torch" in group and tf_fig:
+            group["ratio_train_fcnseg_over_torch"] = tf_fig["train_images_per_s"] / group["torch"]["train_images_per_s"]
+            group["ratio_infer_fcnseg_over_torch"] = group["torch"]["infer_ms_per_image"] / tf_fig["infer_ms_per_image"]
+        if "pipeline" in group and tf_fig:
+            group["ratio_pipeline_over_training"] = (group["pipeline"]["train_images_per_s"]
+                                                     / tf_fig["train_images_per_s"])
+    for label, fig in report["growth"].items():
+        w, h = fig["spec"]["size"]
+        fig["train_s_per_megapixel"] = fig["train_s_per_step"] / (fig["spec"]["batch"] * w * h / 1e6)
+        fig["infer_ms_per_megapixel"] = fig["infer_ms_per_image"] / (w * h / 1e6)
+        if fig.get("forward_flops"):
+            fig["forward_flops_per_pixel"] = fig["forward_flops"] / (w * h)
+            fig["train_fraction_of_fp32_peak"] = 3 * fig["forward_flops"] * fig["train_images_per_s"] / peak
+
+
+def render(report: dict) -> str:
+    p = report["peak_flops"]
+    lines = [f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, TF {report['machine']['tensorflow']}"
+             f", torch {report['machine'].get('torch') or '-'}; {report['machine']['date']}",
+             f"measured peak (4096^3 matmul, all cores): fp32 {p['float32'] / 1e9:.0f} GFLOP/s, "
+             f"bf16 {p['bfloat16'] / 1e9:.0f} GFLOP/s", "",
+             "| model @ size | batch | who | train img/s | infer ms/img | peak RSS GiB | GFLOP/img (fwd) "
+             "| train % fp32 peak | fcnseg/torch train | fcnseg/torch infer |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, group in report["groups"].items():
+        for label, fig in group.items():
+            if not isinstance(fig, dict) or "spec" not in fig:
+                continue
+            spec = fig["spec"]
+            flops = group.get("fcnseg", {}).get("forward_flops")
+            cells = [key, str(spec["batch"]), label, f"{fig['train_images_per_s']:.2f}",
+                     f"{fig['infer_ms_per_image']:.0f}" if "infer_ms_per_image" in fig else "-",
+                     f"{fig['peak_rss_mib'] / 1024:.2f}" if spec["kind"] != "pipeline" else "-",
+                     f"{flops / 1e9:.1f}" if flops and spec["kind"] != "pipeline" else "-",
+                     f"{100 * fig['train_fraction_of_fp32_peak']:.0f}%" if "train_fraction_of_fp32_peak" in fig else "-"]
+            if label == "fcnseg" and "ratio_train_fcnseg_over_torch" in group:
+                cells += [f"{group['ratio_train_fcnseg_over_torch']:.2f}x",
+                          f"{group['ratio_infer_fcnseg_over_torch']:.2f}x"]
+            else:
+                cells += ["", ""]
+            lines.append("| " + " | ".join(cells) + " |")
+        if "ratio_pipeline_over_training" in group:
+            lines.append(f"| {key} | | pipeline / fcnseg training | "
+                         f"**{group['ratio_pipeline_over_training']:.1f}x** | | | | | | |")
+    for key, group in report["groups"].items():
+        for label in ("fcnseg", "torch"):
+            fig = group.get(label)
+            if fig and "params" in fig:
+                lines.append(f"params {key} {label}: {fig['params']:,}")
+        fc = group.get("fcnseg", {}).get("first_conv")
+        if fc:
+            _, ho, wo, co = fc["output"]
+            kh, kw, ci, _ = fc["kernel"]
+            lines.append(f"flops check {key}: first conv {fc['op']} 2*{ho}*{wo}*{kh}*{kw}*{ci}*{co} = "
+                         f"{2 * ho * wo * kh * kw * ci * co / 1e6:.1f} MFLOP (graph count {fc['flops'] / 1e6:.1f});"
+                         f" whole forward {group['fcnseg']['forward_flops'] / 1e9:.2f} GFLOP, TF profiler "
+                         f"{(group['fcnseg']['profiler_flops'] or 0) / 1e9:.2f} GFLOP (incl. element-wise)")
+    if report["growth"]:
+        lines += ["", "cost growth, linknet-resnet18, batch 4:", "",
+                  "| size | pixels vs 480x360 | train s/Mpx | infer ms/Mpx | fwd FLOP/px | train % fp32 peak |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for label, fig in report["growth"].items():
+            w, h = fig["spec"]["size"]
+            lines.append(f"| {label} | {w * h / (480 * 360):.2f} | {fig['train_s_per_megapixel']:.2f} | "
+                         f"{fig['infer_ms_per_megapixel']:.0f} | {fig.get('forward_flops_per_pixel', 0) / 1e3:.1f}k | "
+                         f"{100 * fig.get('train_fraction_of_fp32_peak', 0):.0f}% |")
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    import tensorflow as tf
+
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "tensorflow": tf.__version__, "torch": torch_version,
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_average_at_end": os.getloadavg()}
+
+
+if __name__ == "__main__":
+    main()
