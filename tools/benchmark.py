@@ -38,6 +38,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -81,6 +82,8 @@ class TFWorker:
 
         if spec.get("precision") == "bfloat16":
             keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+        if spec.get("inter_op"):
+            tf.config.threading.set_inter_op_parallelism_threads(spec["inter_op"])
         name, (w, h), b = spec["model"], spec["size"], spec["batch"]
         self.spec, self.tf = spec, tf
         self.model = fcn8s(NUM_CLASSES) if name == "fcn8s" else linknet(NUM_CLASSES, name.split("-", 1)[1])
@@ -287,26 +290,44 @@ def worker_main(spec_json: str) -> None:
         print(json.dumps(result), file=out, flush=True)
 
 
+class WorkerDied(RuntimeError):
+    pass
+
+
 class Worker:
     """The orchestrator's handle on one worker subprocess."""
 
-    def __init__(self, spec: dict, label: str) -> None:
+    def __init__(self, spec: dict, label: str, log_dir: str | None = None) -> None:
         self.label, self.spec = label, spec
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+        self.stderr = tempfile.NamedTemporaryFile("w+", prefix="fcnseg-bench-", suffix=".log", dir=log_dir,
+                                                  delete=log_dir is None)
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-        hello = self._read()
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True, env=env)
+        try:
+            hello = self._read()
+        except WorkerDied as e:
+            hello = {"ok": False, "error": str(e)}
         self.ok, self.error = hello.get("ok", False), hello.get("error")
 
     def _read(self):
         line = self.proc.stdout.readline()
         if not line:
-            return {"ok": False, "error": f"worker exited with status {self.proc.wait()}"}
+            raise WorkerDied(f"{self.label} worker exited with status {self.proc.wait()}: {self._last_error()}")
         return json.loads(line)
 
+    def _last_error(self) -> str:
+        self.stderr.flush()
+        self.stderr.seek(0)
+        lines = [l.strip() for l in self.stderr.read().splitlines() if l.strip()]
+        return lines[-1] if lines else "no message (killed for memory?)"
+
     def ask(self, cmd: str):
-        self.proc.stdin.write(cmd + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(cmd + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise WorkerDied(f"{self.label} worker exited with status {self.proc.wait()}: {self._last_error()}")
         return self._read()
 
     def close(self) -> None:
@@ -338,32 +359,44 @@ def run_group(name: str, contenders: list[tuple[str, dict]], args, peak: Worker 
     """Start every contender, warm up, interleave training then inference, then read memory and FLOPs."""
     workers = []
     for label, spec in contenders:
-        w = Worker(spec, label)
+        w = Worker(spec, label, args.log_dir)
         if w.ok:
             workers.append(w)
         else:
             log(f"  {label}: skipped ({w.error})")
     result: dict = {}
+    first = len(peaks["float32"])
     try:
-        for w in workers:  # warm-up: graph tracing, oneDNN primitive caches, thread pools, file cache
-            w.ask(f"train {args.warmup}")
-        train = interleave(workers, "train", args.rounds, args.steps, peak, peaks)
-        for w in workers:
-            result[w.label] = {"spec": w.spec, "train_s_per_step": statistics.median(train[w.label]),
-                               "train_samples": train[w.label], "peak_rss_mib": round(w.ask("mem"), 1)}
-        infer_workers = [w for w in workers if w.spec["kind"] in ("tf", "torch")]
-        for w in infer_workers:
-            w.ask(f"infer {args.warmup}")
-        infer = interleave(infer_workers, "infer", args.rounds, args.steps, peak, peaks)
-        for w in infer_workers:
-            result[w.label]["infer_ms_per_image"] = 1000 * statistics.median(infer[w.label])
-            result[w.label] |= w.ask("info")
+        _measure_group(workers, result, args, peak, peaks)
+    except WorkerDied as e:  # the others' figures so far are kept; a dead contender's are not comparable
+        log(f"  {e}; group {name} incomplete")
+        result["error"] = str(e)
     finally:
         for w in workers:
             w.close()
     for r in result.values():
-        r["train_images_per_s"] = r["spec"]["batch"] / r["train_s_per_step"]
+        if isinstance(r, dict) and "train_s_per_step" in r:
+            r["train_images_per_s"] = r["spec"]["batch"] / r["train_s_per_step"]
+    if len(peaks["float32"]) > first:  # the peak while this group ran: load on a shared machine drifts
+        result["peak_fp32_during_group"] = statistics.median(peaks["float32"][first:])
     return result
+
+
+def _measure_group(workers, result, args, peak, peaks) -> None:
+    """Warm up, interleave training rounds, read memory, interleave inference rounds, read FLOPs."""
+    for w in workers:  # warm-up: graph tracing, oneDNN primitive caches, thread pools, file cache
+        w.ask(f"train {args.warmup}")
+    train = interleave(workers, "train", args.rounds, args.steps, peak, peaks)
+    for w in workers:
+        result[w.label] = {"spec": w.spec, "train_s_per_step": statistics.median(train[w.label]),
+                           "train_samples": train[w.label], "peak_rss_mib": round(w.ask("mem"), 1)}
+    infer_workers = [w for w in workers if w.spec["kind"] in ("tf", "torch")]
+    for w in infer_workers:
+        w.ask(f"infer {args.warmup}")
+    infer = interleave(infer_workers, "infer", args.rounds, args.steps, peak, peaks)
+    for w in infer_workers:
+        result[w.label]["infer_ms_per_image"] = 1000 * statistics.median(infer[w.label])
+        result[w.label] |= w.ask("info")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -382,13 +415,15 @@ def main() -> None:
     parser.add_argument("--jit", action="store_true", help="XLA-compile fcnseg's steps")
     parser.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
                         help="fcnseg's dtype policy (bfloat16 = mixed_bfloat16)")
-    parser.add_argument("--variants", default="", help="extra fcnseg contenders, e.g. 'jit,bf16,jit+bf16'")
+    parser.add_argument("--variants", default="",
+                        help="extra fcnseg contenders, e.g. 'jit,bf16,jit+bf16,inter1' (inter1: 1 inter-op thread)")
     parser.add_argument("--no-peer", action="store_true", help="skip the PyTorch peer")
     parser.add_argument("--peer-sizes", default=None, help="sizes with a peer (default: all)")
     parser.add_argument("--no-pipeline", action="store_true")
     parser.add_argument("--no-growth", action="store_true")
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA))
     parser.add_argument("--json", default=None, help="write every figure here")
+    parser.add_argument("--log-dir", default=None, help="keep each worker's stderr here")
     parser.add_argument("--quick", action="store_true", help="smoke mode: tiny sizes, one round")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -427,7 +462,8 @@ def main() -> None:
             contenders = [("fcnseg", base | {"kind": "tf", "jit": args.jit, "precision": args.precision})]
             for v in variants:
                 contenders.append((f"fcnseg[{v}]", base | {"kind": "tf", "jit": "jit" in v,
-                                                          "precision": "bfloat16" if "bf16" in v else "float32"}))
+                                                          "precision": "bfloat16" if "bf16" in v else "float32",
+                                                          "inter_op": 1 if "inter1" in v else None}))
             if have_torch and size in peer_sizes:
                 contenders.append(("torch", base | {"kind": "torch"}))
             if have_data and model == "linknet-resnet18" and size == pipeline_size:
@@ -451,6 +487,7 @@ def main() -> None:
     peak_fp32 = statistics.median(peaks["float32"]) if peaks["float32"] else float("nan")
     peak_bf16 = statistics.median(peaks["bfloat16"]) if peaks["bfloat16"] else float("nan")
     report = {"machine": machine(), "peak_flops": {"float32": peak_fp32, "bfloat16": peak_bf16,
+                                                    "matmul_n": 1024 if args.quick else 4096,
                                                     "float32_samples": peaks["float32"],
                                                     "bfloat16_samples": peaks["bfloat16"]},
               "settings": vars(args) | {"seconds": round(time.time() - started)},
@@ -465,23 +502,29 @@ def main() -> None:
 
 def derive(report: dict) -> None:
     """Fill in FLOP/s, fractions of peak and ratios from the raw figures."""
-    peak = report["peak_flops"]["float32"]
+    run_peak = report["peak_flops"]["float32"]
     for key, group in report["groups"].items():
+        peak = group.get("peak_fp32_during_group", run_peak)
         tf_fig = group.get("fcnseg", {})
+        if "infer_ms_per_image" not in tf_fig:
+            continue
         flops = tf_fig.get("forward_flops")
         for label, fig in group.items():
-            if fig["spec"]["kind"] in ("tf", "torch") and flops:
+            if isinstance(fig, dict) and fig["spec"]["kind"] in ("tf", "torch") and flops and "infer_ms_per_image" in fig:
                 fig["train_flops_per_s"] = 3 * flops * fig["train_images_per_s"]
                 fig["train_fraction_of_fp32_peak"] = fig["train_flops_per_s"] / peak
                 fig["infer_flops_per_s"] = flops / (fig["infer_ms_per_image"] / 1000)
                 fig["infer_fraction_of_fp32_peak"] = fig["infer_flops_per_s"] / peak
-        if "torch" in group and tf_fig:
+        if "infer_ms_per_image" in group.get("torch", {}):
             group["ratio_train_fcnseg_over_torch"] = tf_fig["train_images_per_s"] / group["torch"]["train_images_per_s"]
             group["ratio_infer_fcnseg_over_torch"] = group["torch"]["infer_ms_per_image"] / tf_fig["infer_ms_per_image"]
-        if "pipeline" in group and tf_fig:
+        if "pipeline" in group:
             group["ratio_pipeline_over_training"] = (group["pipeline"]["train_images_per_s"]
                                                      / tf_fig["train_images_per_s"])
+    peak = report["growth"].get("peak_fp32_during_group", run_peak)
     for label, fig in report["growth"].items():
+        if not isinstance(fig, dict) or "infer_ms_per_image" not in fig:
+            continue
         w, h = fig["spec"]["size"]
         fig["train_s_per_megapixel"] = fig["train_s_per_step"] / (fig["spec"]["batch"] * w * h / 1e6)
         fig["infer_ms_per_megapixel"] = fig["infer_ms_per_image"] / (w * h / 1e6)
@@ -494,8 +537,9 @@ def render(report: dict) -> str:
     p = report["peak_flops"]
     lines = [f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, TF {report['machine']['tensorflow']}"
              f", torch {report['machine'].get('torch') or '-'}; {report['machine']['date']}",
-             f"measured peak (4096^3 matmul, all cores): fp32 {p['float32'] / 1e9:.0f} GFLOP/s, "
-             f"bf16 {p['bfloat16'] / 1e9:.0f} GFLOP/s", "",
+             f"measured peak ({p.get('matmul_n', 4096)}^3 matmul, all cores): fp32 {p['float32'] / 1e9:.0f} GFLOP/s, "
+             f"bf16 {p['bfloat16'] / 1e9:.0f} GFLOP/s (medians over the run; '% fp32 peak' uses the median of "
+             "the samples taken while that group ran)", "",
              "| model @ size | batch | who | train img/s | infer ms/img | peak RSS GiB | GFLOP/img (fwd) "
              "| train % fp32 peak | fcnseg/torch train | fcnseg/torch infer |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -537,6 +581,8 @@ def render(report: dict) -> str:
                   "| size | pixels vs 480x360 | train s/Mpx | infer ms/Mpx | fwd FLOP/px | train % fp32 peak |",
                   "|---|---:|---:|---:|---:|---:|"]
         for label, fig in report["growth"].items():
+            if not isinstance(fig, dict) or "train_s_per_megapixel" not in fig:
+                continue
             w, h = fig["spec"]["size"]
             lines.append(f"| {label} | {w * h / (480 * 360):.2f} | {fig['train_s_per_megapixel']:.2f} | "
                          f"{fig['infer_ms_per_megapixel']:.0f} | {fig.get('forward_flops_per_pixel', 0) / 1e3:.1f}k | "
