@@ -106,7 +106,9 @@ def make_schedule(config: TrainConfig, total_steps: int, deadline: float | None 
         bounds = [max(1, int(total_steps * 2 / 3)), max(2, int(total_steps * 8 / 9))]
         return keras.optimizers.schedules.PiecewiseConstantDecay(bounds, [lr, lr / 10, lr / 100])
     if config.schedule == "onecycle":
-        return OneCycle(lr, max(total_steps, 2), deadline, 60 * (config.max_minutes or 0))
+        # XLA cannot compile a clock read (tf.timestamp), so under --jit the cycle follows steps only.
+        clock = None if config.jit_compile else deadline
+        return OneCycle(lr, max(total_steps, 2), clock, 60 * (config.max_minutes or 0))
     raise FcnsegError(f"--schedule {config.schedule!r} is unknown; choose one of {', '.join(SCHEDULES)}")
 
 
