@@ -210,16 +210,27 @@ class FileSource(DataSource):
             label = data.match_label_size(image, decode_label(label_path), label_path, allow_resize)
             return image, label
 
-        small_ids = self.num_classes <= 255 and 0 <= self.ignore_label <= 255
-        if not self._fits_in_memory(images[0], len(samples), 3 + (1 if small_ids else 4)):
-            if shuffle:  # shuffle paths, not pixels: a buffer of decoded images would not fit either
-                ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
-            return ds.map(load, num_parallel_calls=data.AUTOTUNE)
+        def uncached():
+            # Shuffle paths, not pixels: a buffer of decoded images would not fit either.
+            paths = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True) if shuffle else ds
+            return paths.map(load, num_parallel_calls=data.AUTOTUNE)
+
         if split not in self._decoded:
-            ds = ds.map(load, num_parallel_calls=data.AUTOTUNE)
+            small_ids = self.num_classes <= 255 and 0 <= self.ignore_label <= 255
+            if not self._fits_in_memory(images[0], len(samples), 3 + (1 if small_ids else 4)):
+                return uncached()
+            decoded = ds.map(load, num_parallel_calls=data.AUTOTUNE)
             if small_ids:  # uint8 in memory, a quarter of int32
-                ds = ds.map(lambda i, l: (i, tf.cast(l, tf.uint8)))
-            self._decoded[split] = ds.cache()
+                decoded = decoded.map(lambda i, l: (i, tf.cast(l, tf.uint8)))
+            decoded = decoded.cache()
+            # Read it through once now: tf.data throws away a cache whose first pass stops
+            # early (--steps-per-epoch, --val-steps, the TensorBoard samples), decodes again
+            # next time and warns about it every epoch.
+            try:
+                decoded.reduce(np.int64(0), lambda n, _: n + 1)
+            except tf.errors.OpError:  # a bad file: the uncached pipeline reports it, naming the file
+                return uncached()
+            self._decoded[split] = decoded
         ds = self._decoded[split]
         if shuffle:
             ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
