@@ -21,12 +21,17 @@ half resolution (240x180) because on 2 cores a full-resolution epoch costs
 four times as much and the budget then buys too few epochs; the default
 augmentation (random scale 0.75-1.25, crop, flip, photometric jitter) because
 val shares a sequence with train and only augmentation makes the figure mean
-something for new streets; cross-entropy weighted by the SegNet authors'
-median-frequency weights, so thin rare classes (pole, sign, bicyclist) are
-learnt at all; Adam with a one-cycle schedule sized to the measured number of
-steps; batch 8 (BatchNorm statistics stay sane, and per-image cost is lower
-than at batch 4). Plain fp32 without XLA: on this CPU both ``--jit`` and
-mixed bfloat16 measured slower for LinkNet (see tools/benchmark.py).
+something for new streets; cross-entropy weighted by the square roots of the
+SegNet authors' median-frequency weights, so thin rare classes (pole, sign,
+bicyclist) are learnt at all without the full weights' 53x spread, which in an
+hour made the model paint buildings and trees as signs (``--weights segnet``);
+Adam with a one-cycle schedule sized to the measured number of steps; batch
+8 (BatchNorm statistics stay sane, and per-image cost is lower than at batch
+4). Plain fp32 without XLA: mixed bfloat16 measured slower for
+LinkNet on this CPU, and although ``--jit`` measured about 1.27x faster in one
+two-round benchmark (README "Benchmarks"), XLA cannot compile the clock read
+that lets the one-cycle schedule follow wall-clock, which a fixed-budget run
+relies on.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 
 # SegNet (Badrinarayanan et al.) median-frequency weights for classes 0..10 of this split.
 SEGNET_WEIGHTS = (0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418, 0.6823, 6.2478, 7.3614)
+# Their square roots: a 7x spread between sign and building instead of 53x. In an hour the full
+# weights left the model painting buildings and trees as sign and pedestrian (README).
+CLASS_WEIGHTS = {"segnet": SEGNET_WEIGHTS, "sqrt": tuple(round(w ** 0.5, 4) for w in SEGNET_WEIGHTS), "none": None}
 
 
 def recipe_config(args, run_dir: str, epochs: int, steps_per_epoch: int | None, max_minutes: float | None):
@@ -54,7 +62,7 @@ def recipe_config(args, run_dir: str, epochs: int, steps_per_epoch: int | None, 
         data_source="camvid", data_dir=args.data_dir, model="linknet", encoder="resnet18",
         image_size=(args.width, args.height), epochs=epochs, batch_size=args.batch_size,
         steps_per_epoch=steps_per_epoch, learning_rate=args.lr, schedule="onecycle",
-        loss="ce", class_weights=SEGNET_WEIGHTS, augment=True, image_every=0, seed=args.seed,
+        loss="ce", class_weights=CLASS_WEIGHTS[args.weights], augment=True, image_every=0, seed=args.seed,
         run_dir=run_dir, save_every=10**9, max_minutes=max_minutes,
     )
 
@@ -69,6 +77,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-3, help="one-cycle peak learning rate (Adam)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", default="sqrt", choices=sorted(CLASS_WEIGHTS),
+                        help="cross-entropy class weights: SegNet's median-frequency weights, their square roots, or none")
     args = parser.parse_args()
     if not os.path.isdir(args.data_dir):
         raise SystemExit(f"no CamVid at {args.data_dir} (see ../shared/data/README.md)")
