@@ -433,6 +433,8 @@ def main() -> None:
         args.sizes, args.rounds, args.warmup = "128x96", 2, 1
         args.models = args.models if args.models != ",".join(MODELS) else "fcn8s,linknet-resnet18"
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    if args.log_dir:
+        os.makedirs(args.log_dir, exist_ok=True)
     models = [m for m in args.models.split(",") if m]
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     peer_sizes = sizes if args.peer_sizes is None else [parse_size(s) for s in args.peer_sizes.split(",") if s]
