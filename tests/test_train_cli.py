@@ -90,6 +90,25 @@ def test_bad_options_fail_with_one_line(tmp_path, args, needle):
     assert not (tmp_path / "r" / "best.keras").exists()
 
 
+def test_fcn_bfloat16_on_the_cpu_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the refusal is for oneDNN CPU kernels")
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    result = run("train", *TINY, "--model", "fcn8s", "--mixed-precision", "bfloat16", "--run-dir", str(tmp_path / "r"))
+    assert result.exit_code != 0
+    assert "--mixed-precision bfloat16 with --model fcn8s" in result.output
+    assert "TF_ENABLE_ONEDNN_OPTS=0" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+    # LinkNet in bfloat16 is not refused.
+    from fcnseg.train import TrainConfig, _validate
+
+    _validate(TrainConfig(model="linknet", mixed_precision="bfloat16"))
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    _validate(TrainConfig(model="fcn8s", mixed_precision="bfloat16"))
+
+
 def test_resume_without_state_is_an_error(tmp_path):
     result = run("train", "--resume", "--run-dir", str(tmp_path))
     assert result.exit_code != 0 and "no run to resume" in result.output
