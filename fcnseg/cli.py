@@ -135,7 +135,8 @@ def main() -> None:
 @click.option("--accumulate", default=1, show_default=True, type=click.IntRange(min=1),
               help="Accumulate gradients over N batches before each update (large images, small memory).")
 @click.option("--mixed-precision", type=click.Choice(["float16", "bfloat16"]), default=None,
-              help="Compute in float16/bfloat16, keep variables, softmax and loss in float32.")
+              help="Compute in float16/bfloat16, keep variables, softmax and loss in float32 "
+                   "(bfloat16 with an FCN on the CPU is refused: it crashes TF's oneDNN kernels).")
 @click.option("--strategy", default="default", show_default=True,
               type=click.Choice(["default", "mirrored", "multiworker"]),
               help="tf.distribute strategy; multiworker reads the cluster from TF_CONFIG.")

@@ -109,6 +109,27 @@ def test_fcn_bfloat16_on_the_cpu_is_refused_before_anything_is_written(tmp_path,
     _validate(TrainConfig(model="fcn8s", mixed_precision="bfloat16"))
 
 
+def test_corrupt_image_stops_training_with_its_name(tmp_path):
+    import cv2
+
+    data = tmp_path / "data"
+    (data / "images" / "train").mkdir(parents=True)
+    (data / "masks" / "train").mkdir(parents=True)
+    (data / "classes.csv").write_text("name,id\na,0\nb,1\n")
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        cv2.imwrite(str(data / "images" / "train" / f"{k}.png"), rng.integers(0, 255, (32, 48, 3), dtype=np.uint8))
+        cv2.imwrite(str(data / "masks" / "train" / f"{k}.png"), rng.integers(0, 2, (32, 48), dtype=np.uint8))
+    bad = data / "images" / "train" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated
+    result = run("train", "--data-source", "folder", "--data-dir", str(data), "--source-option", "val_fraction=0.25",
+                 "--width", "0.125", "--image-size", "48x32", "--batch-size", "2", "--epochs", "1",
+                 "--run-dir", str(tmp_path / "r"))
+    assert result.exit_code != 0
+    assert f"{bad}: missing, empty, corrupt or truncated image" in result.output.strip().splitlines()[-1]
+    assert not (tmp_path / "r" / "best.keras").exists()
+
+
 def test_resume_without_state_is_an_error(tmp_path):
     result = run("train", "--resume", "--run-dir", str(tmp_path))
     assert result.exit_code != 0 and "no run to resume" in result.output

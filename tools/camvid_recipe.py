@@ -27,8 +27,9 @@ bicyclist) are learnt at all without the full weights' 53x spread, which in an
 hour made the model paint buildings and trees as signs (``--weights segnet``);
 Adam with a one-cycle schedule sized to the measured number of steps; batch
 8 (BatchNorm statistics stay sane, and per-image cost is lower than at batch
-4). Plain fp32 without XLA: mixed bfloat16 measured slower for
-LinkNet on this CPU; ``--jit`` measured 1.27x faster on a busy machine but
+4). Plain fp32 without XLA: mixed bfloat16 measured slower for LinkNet on
+the AMD machine and 1.24x faster on an idle Xeon with AMX, its accuracy not
+compared; ``--jit`` measured 1.27x faster on a busy machine but
 0.63x on an idle one (README "Benchmarks"), and XLA cannot compile the clock
 read that lets the one-cycle schedule follow wall-clock, which a fixed-budget
 run relies on.
