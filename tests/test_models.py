@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from fcnseg.models import MODELS, fcn8s, fcn16s, fcn32s, linknet
-from fcnseg.models.layers import PadToMultiple, bilinear_initializer, bilinear_kernel
+from fcnseg.models.layers import FusedBatchNormalization, PadToMultiple, bilinear_initializer, bilinear_kernel
 from fcnseg.models.resnet import resnet18
 from fcnseg.models.weights import VGG16_CONV_LAYERS, VGG16_WEIGHTS_FILE, WeightsError
 
@@ -73,6 +73,69 @@ def test_pad_to_multiple(mode):
     y = np.asarray(model(x))
     assert y.shape == (1, 32, 64, 3)
     np.testing.assert_array_equal(y[:, :17, :40], x)
+
+
+# --- fused batch norm ------------------------------------------------------------
+
+
+def _bn_pair(**kwargs):
+    """A Keras BatchNormalization and a FusedBatchNormalization with the same non-trivial weights."""
+    rng = np.random.default_rng(0)
+    layers = [keras.layers.BatchNormalization(**kwargs), FusedBatchNormalization(**kwargs)]
+    weights = [rng.uniform(0.5, 2.0, 5), rng.normal(size=5), rng.normal(size=5), rng.uniform(0.5, 2.0, 5)]
+    for layer in layers:
+        layer.build((None, 4, 6, 5))
+        layer.set_weights([w.astype("float32") for w in weights])  # gamma, beta, moving mean, moving var
+    return layers
+
+
+def test_fused_batch_norm_matches_keras_in_training():
+    """Output, input and weight gradients, and the moving statistics after a step all match Keras' layer."""
+    x = tf.constant(np.random.default_rng(1).normal(2.0, 3.0, (3, 4, 6, 5)), tf.float32)
+    upstream = tf.constant(np.random.default_rng(2).normal(size=(3, 4, 6, 5)), tf.float32)
+    results = []
+    for layer in _bn_pair(epsilon=1e-5, momentum=0.9):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * upstream)
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([y, *grads, layer.moving_mean, layer.moving_variance])
+    for keras_value, fused_value in zip(*results):
+        np.testing.assert_allclose(np.asarray(fused_value), np.asarray(keras_value), rtol=1e-4, atol=1e-4)
+    # The moving statistics moved (a step that left them alone would also "match").
+    assert not np.allclose(np.asarray(results[1][-1]), _bn_pair()[1].get_weights()[3])
+
+
+def test_fused_batch_norm_matches_keras_in_inference_and_frozen():
+    x = tf.constant(np.random.default_rng(3).normal(size=(2, 4, 6, 5)), tf.float32)
+    keras_bn, fused_bn = _bn_pair(epsilon=1e-3)
+    np.testing.assert_allclose(fused_bn(x, training=False), keras_bn(x, training=False), rtol=1e-5, atol=1e-5)
+    keras_bn.trainable = fused_bn.trainable = False  # a frozen layer uses its moving statistics even in training
+    np.testing.assert_allclose(fused_bn(x, training=True), keras_bn(x, training=True), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused_bn.moving_mean, keras_bn.moving_mean)
+
+
+def test_fused_batch_norm_keeps_bfloat16_maps():
+    """Under mixed bfloat16 the map stays bfloat16 and matches Keras' layer to bfloat16 precision."""
+    policy = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    try:
+        keras_bn, fused_bn = _bn_pair()
+    finally:
+        keras.mixed_precision.set_dtype_policy(policy)
+    x = tf.constant(np.random.default_rng(4).normal(size=(2, 4, 6, 5)), tf.bfloat16)
+    y = fused_bn(x, training=True)
+    assert y.dtype == tf.bfloat16 and fused_bn.moving_mean.dtype == "float32"
+    np.testing.assert_allclose(tf.cast(y, tf.float32), tf.cast(keras_bn(x, training=True), tf.float32), atol=0.05)
+
+
+def test_fused_batch_norm_falls_back_for_other_layouts():
+    """Rank 2 and channels-first inputs have no fused path here; Keras' own layer handles them."""
+    for shape, axis in (((4, 5), -1), ((2, 5, 3, 3), 1)):
+        layer, reference = FusedBatchNormalization(axis=axis), keras.layers.BatchNormalization(axis=axis)
+        x = np.random.default_rng(5).normal(size=shape).astype("float32")
+        np.testing.assert_allclose(layer(x, training=True), reference(x, training=True), rtol=1e-5, atol=1e-5)
 
 
 # --- shapes -------------------------------------------------------------------

@@ -69,25 +69,20 @@ def test_tensorboard_receives_scalars_images_and_hparams(tmp_path):
     assert any("hparams" in p for p in val.PluginTagToContent("hparams") or {}) or val.PluginTagToContent("hparams")
 
 
-def test_nan_loss_stops_with_step_and_learning_rate(tmp_path):
-    src = tmp_path / "nan_source.py"
-    src.write_text(textwrap.dedent("""
-        import numpy as np
-        from fcnseg.sources.synthetic import SyntheticSource
-        class NanSource(SyntheticSource):
-            def scene(self, split, index):
-                image, label = super().scene(split, index)
-                return image, label
-            def elements(self, split, shuffle=False, seed=0):
-                import tensorflow as tf
-                return super().elements(split, shuffle, seed).map(lambda i, l: (i, l))
-            def dataset(self, *args, **kwargs):
-                return super().dataset(*args, **kwargs).map(lambda i, l: (i * float("nan"), l))
-        def make_source(data_dir, image_size=None, seed=0):
-            return NanSource(image_size, seed, train_size=4, val_size=2)
-    """))
+def test_nan_loss_stops_with_step_and_learning_rate(tmp_path, monkeypatch):
+    # The loss itself turns NaN (as it does when training diverges). NaN images are no way to get
+    # there: oneDNN's fused conv/batch-norm + ReLU kernels map NaN to 0, so the loss stays finite.
+    from fcnseg import losses
+
+    make_loss = losses.make_loss
+
+    def nan_loss(*args, **kwargs):
+        loss = make_loss(*args, **kwargs)
+        return lambda labels, logits: loss(labels, logits) * float("nan")
+
+    monkeypatch.setattr(losses, "make_loss", nan_loss)
     with pytest.raises(FcnsegError, match=r"loss became nan at step 1 \(learning rate 0.001\)"):
-        train(tiny(tmp_path, data_source=str(src), source_options={}), log=lambda s: None)
+        train(tiny(tmp_path), log=lambda s: None)
     assert not (tmp_path / "run" / "best.keras").exists()
 
 

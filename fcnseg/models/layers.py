@@ -12,6 +12,7 @@ from typing import Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 # ImageNet statistics. Caffe VGG weights expect BGR minus the per-channel mean
@@ -157,3 +158,50 @@ class CropToReference(keras.layers.Layer):
     def compute_output_shape(self, input_shapes):
         x_shape, ref_shape = input_shapes
         return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` on TensorFlow's fused kernel for NHWC maps.
+
+    Same weights, arguments and statistics as the Keras layer (moving
+    variance from the biased batch variance, as Keras keeps it). Keras 3
+    computes batch norm from a dozen separate element-wise ops and their
+    gradients, each a pass over the feature map; TensorFlow's
+    ``FusedBatchNormV3`` (oneDNN on the CPU) does the forward and the backward
+    pass in one each, and takes bfloat16 maps with float32 statistics without
+    casting the map. LinkNet-ResNet18 trains 1.3x faster in float32 and 1.8x
+    faster under mixed bfloat16 with it (README "Benchmarks"). Anything the
+    fused kernel does not cover (masks, renorm, synchronized statistics,
+    another axis or rank) goes through the Keras layer unchanged.
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (mask is None and not self.renorm and not self.synchronized
+                and len(inputs.shape) == 4 and self.axis in (-1, 3))
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
+        beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
+        # bfloat16/float16 maps stay in their dtype: the kernel accumulates statistics in float32.
+        x = tf.cast(inputs, self.compute_dtype)
+        if training and self.trainable:
+            empty = tf.constant([], tf.float32)
+            y, mean, unbiased_var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+                x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,
+                exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+            n = tf.cast(tf.size(x) // channels, tf.float32)
+            variance = unbiased_var * ((n - 1.0) / tf.maximum(n, 1.0))
+            m = self.momentum
+            self.moving_mean.assign(self.moving_mean * m + tf.cast(mean, self.moving_mean.dtype) * (1.0 - m))
+            self.moving_variance.assign(
+                self.moving_variance * m + tf.cast(variance, self.moving_variance.dtype) * (1.0 - m))
+            return y
+        y, _, _, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=gamma, offset=beta, mean=tf.cast(self.moving_mean, tf.float32),
+            variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
+            data_format="NHWC", is_training=False)
+        return y

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from fcnseg.models.layers import CropToReference, ImageNetNormalize, PadToMultiple, scaled
+from fcnseg.models.layers import CropToReference, FusedBatchNormalization, ImageNetNormalize, PadToMultiple, scaled
 from fcnseg.models.resnet import resnet18, resnet34
 from fcnseg.models.weights import load_encoder_weights
 
@@ -23,7 +23,7 @@ _BN = dict(epsilon=1e-5, momentum=0.9)
 
 
 def _bn_relu(x, name: str):
-    x = keras.layers.BatchNormalization(**_BN, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(**_BN, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from fcnseg.models.layers import scaled
+from fcnseg.models.layers import FusedBatchNormalization, scaled
 
 # Basic blocks per stage; stage filters are 64, 128, 256, 512.
 RESNET_DEPTHS: dict[str, tuple[int, int, int, int]] = {
@@ -46,7 +46,7 @@ def conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, relu: bo
     x = keras.layers.Conv2D(
         filters, kernel_size, strides=strides, padding=padding, use_bias=False, name=name
     )(x)
-    x = keras.layers.BatchNormalization(**_BN, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(**_BN, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
