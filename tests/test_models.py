@@ -138,6 +138,27 @@ def test_fused_batch_norm_falls_back_for_other_layouts():
         np.testing.assert_allclose(layer(x, training=True), reference(x, training=True), rtol=1e-5, atol=1e-5)
 
 
+def test_linknet_saved_with_keras_batch_norm_loads_into_the_fused_model(tmp_path, monkeypatch):
+    """A LinkNet saved before the fused layer (Keras' own BatchNormalization) reloads, and its weights
+    give the fused model the same predictions."""
+    import importlib
+
+    linknet_module, resnet_module = (importlib.import_module(f"fcnseg.models.{m}") for m in ("linknet", "resnet"))
+    with monkeypatch.context() as patch:
+        patch.setattr(resnet_module, "FusedBatchNormalization", keras.layers.BatchNormalization)
+        patch.setattr(linknet_module, "FusedBatchNormalization", keras.layers.BatchNormalization)
+        old = linknet(4, "resnet18", width=0.125)
+    assert not any(isinstance(layer, FusedBatchNormalization) for layer in old._flatten_layers())
+    x = _images(64, 48)
+    old(x, training=True)  # move the moving statistics away from their initial values
+    old.save(tmp_path / "old.keras")
+    reloaded = keras.saving.load_model(tmp_path / "old.keras", compile=False)
+    new = linknet(4, "resnet18", width=0.125)
+    assert any(isinstance(layer, FusedBatchNormalization) for layer in new._flatten_layers())
+    new.set_weights(reloaded.get_weights())
+    np.testing.assert_allclose(new(x, training=False), old(x, training=False), rtol=1e-4, atol=1e-4)
+
+
 # --- shapes -------------------------------------------------------------------
 
 
