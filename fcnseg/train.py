@@ -241,27 +241,30 @@ def _validate(config: TrainConfig) -> None:
         raise FcnsegError(f"--strategy {config.strategy!r} is unknown; choose one of {', '.join(STRATEGIES)}")
     if config.mixed_precision not in PRECISIONS:
         raise FcnsegError(f"--mixed-precision {config.mixed_precision!r} is unknown; choose float16 or bfloat16")
-    _refuse_fcn_bfloat16_on_onednn(config)
+    refusal = fcn_bfloat16_refusal(config.model, config.mixed_precision)
+    if refusal:
+        raise FcnsegError(refusal)
     from fcnseg.losses import parse_spec
 
     parse_spec(config.loss)
 
 
-def _refuse_fcn_bfloat16_on_onednn(config: TrainConfig) -> None:
+def fcn_bfloat16_refusal(model: str, mixed_precision: str | None) -> str | None:
+    """Why ``model`` cannot train under ``mixed_precision`` here, or None when it can."""
     # Full-width FCN-8s/16s training under mixed_bfloat16 corrupted the heap in TF 2.21's oneDNN
     # CPU kernels ("malloc(): unaligned tcache chunk detected", SIGABRT/SIGSEGV on a 2-core Xeon
     # with AMX, 2026-11-25); LinkNet, narrow FCNs and TF_ENABLE_ONEDNN_OPTS=0 ran. A one-line
     # refusal beats a crash that can leave a half-finished run behind.
-    if (config.mixed_precision != "bfloat16" or not config.model.startswith("fcn")
+    if (mixed_precision != "bfloat16" or not model.startswith("fcn")
             or os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0"):
-        return
+        return None
     import tensorflow as tf
 
     if tf.config.list_physical_devices("GPU"):
-        return
-    raise FcnsegError(f"--mixed-precision bfloat16 with --model {config.model} on the CPU crashes TensorFlow's "
-                      "oneDNN kernels (heap corruption); train in float32, or set TF_ENABLE_ONEDNN_OPTS=0 "
-                      "(much slower)")
+        return None
+    return (f"--mixed-precision bfloat16 with --model {model} on the CPU crashes TensorFlow's "
+            "oneDNN kernels (heap corruption); train in float32, or set TF_ENABLE_ONEDNN_OPTS=0 "
+            "(much slower)")
 
 
 def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] = print,

@@ -454,6 +454,7 @@ def main() -> None:
     peak.ask("train 2")  # warm-up
     peaks: dict[str, list[float]] = {"float32": [], "bfloat16": []}
     variants = [v for v in args.variants.split(",") if v]
+    from fcnseg.train import fcn_bfloat16_refusal
     groups = {}
     started = time.time()
     report = {"machine": {}, "peak_flops": {}, "settings": vars(args), "groups": groups, "growth": {}}
@@ -461,8 +462,16 @@ def main() -> None:
         for model in models:
             batch = args.batch or default_batch(model, size)
             base = {"model": model, "size": list(size), "batch": batch}
+            refusal = fcn_bfloat16_refusal(model, args.precision)
+            if refusal:  # fcnseg train refuses it too; the worker would die mid-run
+                log(f"{model} skipped: {refusal}")
+                continue
             contenders = [("fcnseg", base | {"kind": "tf", "jit": args.jit, "precision": args.precision})]
             for v in variants:
+                refusal = fcn_bfloat16_refusal(model, "bfloat16" if "bf16" in v else None)
+                if refusal:  # fcnseg train refuses it too; the worker would die mid-run
+                    log(f"{model}: fcnseg[{v}] skipped: {refusal}")
+                    continue
                 contenders.append((f"fcnseg[{v}]", base | {"kind": "tf", "jit": "jit" in v,
                                                           "precision": "bfloat16" if "bf16" in v else "float32",
                                                           "inter_op": 1 if "inter1" in v else None}))
