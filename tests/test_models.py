@@ -159,6 +159,31 @@ def test_linknet_saved_with_keras_batch_norm_loads_into_the_fused_model(tmp_path
     np.testing.assert_allclose(new(x, training=False), old(x, training=False), rtol=1e-4, atol=1e-4)
 
 
+def test_linknet_output_pixels_see_their_own_input_pixels():
+    """LinkNet's head ends at exactly the (padded) input size, and an output pixel's input gradient is
+    centred on that pixel: a head that overshot to twice the size and was cropped back would predict
+    pixel (y, x) from the image around (y/2, x/2)."""
+    model = linknet(3, "resnet18", width=0.125)
+    head = keras.Model(model.input, model.get_layer("final_deconv2").output)
+    assert head(_images(64, 96, batch=1)).shape == (1, 64, 96, 3)
+    x = tf.constant(_images(64, 64, batch=1))
+
+    # In a tf.function: eager backprop through this tiny model aborted in oneDNN's
+    # Conv2DBackpropFilter (heap corruption, TF 2.21), with or without the fused batch norm.
+    @tf.function
+    def input_gradient(x, y0, x0):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            total = tf.reduce_sum(model(x, training=False)[:, y0 - 2:y0 + 2, x0 - 2:x0 + 2, :])
+        return tape.gradient(total, x)
+
+    for y0, x0 in ((8, 8), (52, 52), (8, 52)):
+        weight = np.abs(input_gradient(x, y0, x0).numpy()[0]).sum(-1)
+        rows, cols = np.indices(weight.shape)
+        centre = ((rows * weight).sum() / weight.sum(), (cols * weight).sum() / weight.sum())
+        assert abs(centre[0] - y0) < 8 and abs(centre[1] - x0) < 8, (y0, x0, centre)
+
+
 # --- shapes -------------------------------------------------------------------
 
 
@@ -252,7 +277,10 @@ def test_linknet_structure(tiny_models):
     for level in (3, 2, 1):
         assert sorted(_inbound(m, f"skip{level}")) == sorted([f"decoder{level + 1}_conv2_relu", "resnet18"])
     deconvs = [l for l in m.layers if isinstance(l, keras.layers.Conv2DTranspose)]
-    assert len(deconvs) == 6 and all(l.trainable for l in deconvs)
+    # decoder4..2 and the head's two upsample; decoder1 stays at stride 4 (ResNet's first stage).
+    assert sorted(l.name for l in deconvs) == ["decoder2_deconv", "decoder3_deconv", "decoder4_deconv",
+                                                "final_deconv1", "final_deconv2"]
+    assert all(l.trainable for l in deconvs)
 
 
 # --- saving -----------------------------------------------------------------------

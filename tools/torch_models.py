@@ -82,7 +82,7 @@ def deconv_bn(cin: int, cout: int) -> nn.Sequential:
 
 
 class LinkNet(nn.Module):
-    """ResNet18/34 encoder; decoder blocks 1x1 m->m/4, 3x3 deconv /2, 1x1 m/4->n; skips added."""
+    """ResNet18/34 encoder; decoder blocks 1x1 m->m/4, 3x3 deconv x2 (decoder1: 3x3 conv, no upsampling), 1x1 m/4->n; skips added."""
 
     def __init__(self, num_classes: int, encoder: str = "resnet18") -> None:
         super().__init__()
@@ -93,8 +93,9 @@ class LinkNet(nn.Module):
                                                for b in range(blocks)]))
             c = f
         self.decoders = nn.ModuleList(
-            nn.Sequential(conv_bn(m, m // 4, 1, 1), deconv_bn(m // 4, m // 4), conv_bn(m // 4, n, 1, 1))
-            for m, n in DECODER_FILTERS
+            nn.Sequential(conv_bn(m, m // 4, 1, 1), (conv_bn(m // 4, m // 4, 3, 1) if i == 3 else deconv_bn(m // 4, m // 4)),
+                          conv_bn(m // 4, n, 1, 1))
+            for i, (m, n) in enumerate(DECODER_FILTERS)
         )
         self.head = nn.Sequential(deconv_bn(64, 32), conv_bn(32, 32, 3, 1),
                                   nn.ConvTranspose2d(32, num_classes, 2, 2))

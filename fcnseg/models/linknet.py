@@ -27,8 +27,8 @@ def _bn_relu(x, name: str):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def apply_decoder_block(x, in_filters: int, out_filters: int, name: str, width: float = 1.0):
-    """LinkNet decoder block: 1x1 m->m/4, 3x3 full-conv /2 m/4->m/4, 1x1 m/4->n.
+def apply_decoder_block(x, in_filters: int, out_filters: int, name: str, width: float = 1.0, strides: int = 2):
+    """LinkNet decoder block: 1x1 m->m/4, 3x3 full-conv (x``strides``) m/4->m/4, 1x1 m/4->n.
 
     Each conv is followed by BN and ReLU; convs have no bias (BN's beta is one).
 
@@ -38,9 +38,10 @@ def apply_decoder_block(x, in_filters: int, out_filters: int, name: str, width: 
         out_filters: the paper's n.
         name: prefix, e.g. ``"decoder4"``.
         width: multiplier on every filter count.
+        strides: upsampling factor of the full-conv, 2 or (decoder1) 1.
 
     Returns:
-        (B, 2H, 2W, n) tensor.
+        (B, sH, sW, n) tensor, s = ``strides``.
 
     Example:
         >>> y = apply_decoder_block(keras.Input((None, None, 512)), 512, 256, "decoder4")
@@ -48,9 +49,14 @@ def apply_decoder_block(x, in_filters: int, out_filters: int, name: str, width: 
     mid = scaled(in_filters // 4, width)
     x = keras.layers.Conv2D(mid, 1, use_bias=False, name=f"{name}_conv1")(x)
     x = _bn_relu(x, f"{name}_conv1")
-    x = keras.layers.Conv2DTranspose(
-        mid, 3, strides=2, padding="same", use_bias=False, name=f"{name}_deconv"
-    )(x)
+    if strides == 1:
+        # A stride-1 full-conv is a plain convolution (flipped kernel); TF 2.21's oneDNN eager
+        # backprop of a stride-1 Conv2DTranspose with few channels corrupted the heap here.
+        x = keras.layers.Conv2D(mid, 3, padding="same", use_bias=False, name=f"{name}_deconv")(x)
+    else:
+        x = keras.layers.Conv2DTranspose(
+            mid, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_deconv"
+        )(x)
     x = _bn_relu(x, f"{name}_deconv")
     x = keras.layers.Conv2D(scaled(out_filters, width), 1, use_bias=False, name=f"{name}_conv2")(x)
     return _bn_relu(x, f"{name}_conv2")
@@ -96,7 +102,10 @@ def linknet(
 
     x = skips[3]
     for level, (m, n) in zip((4, 3, 2, 1), DECODER_FILTERS):
-        x = apply_decoder_block(x, m, n, f"decoder{level}", width)
+        # ResNet's first stage keeps the stem's stride 4 (the paper's encoder block 1 halves it
+        # again), so decoder1 must not upsample: with it at stride 2 the head's two x2 steps
+        # overshoot to twice the input size.
+        x = apply_decoder_block(x, m, n, f"decoder{level}", width, strides=1 if level == 1 else 2)
         if level > 1:
             x = keras.layers.Add(name=f"skip{level - 1}")([x, skips[level - 2]])
 
