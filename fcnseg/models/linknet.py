@@ -50,8 +50,8 @@ def apply_decoder_block(x, in_filters: int, out_filters: int, name: str, width: 
     x = keras.layers.Conv2D(mid, 1, use_bias=False, name=f"{name}_conv1")(x)
     x = _bn_relu(x, f"{name}_conv1")
     if strides == 1:
-        # A stride-1 full-conv is a plain convolution (flipped kernel); TF 2.21's oneDNN eager
-        # backprop of a stride-1 Conv2DTranspose with few channels corrupted the heap here.
+        # A stride-1 full-conv is a plain convolution with a flipped kernel, so build the simpler
+        # op; the name stays "_deconv" so every decoder block has the same layer names.
         x = keras.layers.Conv2D(mid, 3, padding="same", use_bias=False, name=f"{name}_deconv")(x)
     else:
         x = keras.layers.Conv2DTranspose(
