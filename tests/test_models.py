@@ -163,10 +163,13 @@ def test_linknet_output_pixels_see_their_own_input_pixels():
     """LinkNet's head ends at exactly the (padded) input size, and an output pixel's input gradient is
     centred on that pixel: a head that overshot to twice the size and was cropped back would predict
     pixel (y, x) from the image around (y/2, x/2)."""
+    keras.utils.set_random_seed(1)  # some random tiny models have all-dead ReLUs behind a corner patch
     model = linknet(3, "resnet18", width=0.125)
     head = keras.Model(model.input, model.get_layer("final_deconv2").output)
     assert head(_images(64, 96, batch=1)).shape == (1, 64, 96, 3)
-    x = tf.constant(_images(64, 64, batch=1))
+    # 128 px: the receptive field covers the whole image and pulls the centroid towards the image
+    # centre, by 3-9 px over eight seeds; the old head would put (112, 112)'s centroid near (56, 56).
+    x = tf.constant(_images(128, 128, batch=1))
 
     # In a tf.function: eager backprop through this tiny model aborted in oneDNN's
     # Conv2DBackpropFilter (heap corruption, TF 2.21), with or without the fused batch norm.
@@ -177,11 +180,12 @@ def test_linknet_output_pixels_see_their_own_input_pixels():
             total = tf.reduce_sum(model(x, training=False)[:, y0 - 2:y0 + 2, x0 - 2:x0 + 2, :])
         return tape.gradient(total, x)
 
-    for y0, x0 in ((8, 8), (52, 52), (8, 52)):
+    for y0, x0 in ((16, 16), (112, 112), (16, 112)):
         weight = np.abs(input_gradient(x, y0, x0).numpy()[0]).sum(-1)
+        assert weight.sum() > 0
         rows, cols = np.indices(weight.shape)
         centre = ((rows * weight).sum() / weight.sum(), (cols * weight).sum() / weight.sum())
-        assert abs(centre[0] - y0) < 8 and abs(centre[1] - x0) < 8, (y0, x0, centre)
+        assert abs(centre[0] - y0) < 14 and abs(centre[1] - x0) < 14, (y0, x0, centre)
 
 
 # --- shapes -------------------------------------------------------------------
