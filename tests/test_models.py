@@ -10,7 +10,13 @@ import pytest
 import tensorflow as tf
 
 from fcnseg.models import MODELS, fcn8s, fcn16s, fcn32s, linknet
-from fcnseg.models.layers import FusedBatchNormalization, PadToMultiple, bilinear_initializer, bilinear_kernel
+from fcnseg.models.layers import (
+    FusedBatchNormalization,
+    PadToMultiple,
+    PatchMatmulConv2D,
+    bilinear_initializer,
+    bilinear_kernel,
+)
 from fcnseg.models.resnet import resnet18
 from fcnseg.models.weights import VGG16_CONV_LAYERS, VGG16_WEIGHTS_FILE, WeightsError
 
@@ -157,6 +163,82 @@ def test_linknet_saved_with_keras_batch_norm_loads_into_the_fused_model(tmp_path
     assert any(isinstance(layer, FusedBatchNormalization) for layer in new._flatten_layers())
     new.set_weights(reloaded.get_weights())
     np.testing.assert_allclose(new(x, training=False), old(x, training=False), rtol=1e-4, atol=1e-4)
+
+
+# --- convolution as one matrix product ----------------------------------------
+
+
+def _graph_ops(layer, x) -> set[str]:
+    return {op.type for op in tf.function(layer).get_concrete_function(x).graph.get_operations()}
+
+
+@pytest.mark.parametrize("kernel, padding", [(7, "same"), (4, "same"), ((2, 5), "same"), (3, "valid")])
+def test_patch_matmul_conv_matches_conv2d(kernel, padding):
+    """Output and input/kernel/bias gradients equal Conv2D's (even kernels: SAME's extra row and column
+    of padding goes bottom/right, as in TensorFlow), and no convolution op runs."""
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 5, 9, 3)), tf.float32)
+    conv = keras.layers.Conv2D(4, kernel, padding=padding, activation="relu")
+    patch = PatchMatmulConv2D(4, kernel, padding=padding, activation="relu")
+    results = []
+    for layer in (conv, patch):
+        layer.build(x.shape)
+        if layer is patch:
+            patch.set_weights(conv.get_weights())
+        else:
+            conv.bias.assign(rng.normal(size=4))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            upstream = tf.constant(np.random.default_rng(1).normal(size=y.shape), tf.float32)
+            loss = tf.reduce_sum(y * upstream)
+        results.append([y, *tape.gradient(loss, [x, layer.kernel, layer.bias])])
+    assert float(tf.reduce_max(results[0][0])) > 0  # relu left something to compare
+    for conv_value, patch_value in zip(*results):
+        np.testing.assert_allclose(np.asarray(patch_value), np.asarray(conv_value), rtol=1e-5, atol=1e-5)
+    ops_run = _graph_ops(patch, tf.TensorSpec((None, None, None, 3), tf.float32))
+    assert "MatMul" in ops_run and not any(op.startswith("Conv") for op in ops_run)
+
+
+def test_patch_matmul_conv_falls_back_for_strides_and_keeps_bfloat16():
+    x = tf.constant(np.random.default_rng(2).normal(size=(1, 8, 8, 3)), tf.float32)
+    conv, strided = keras.layers.Conv2D(2, 3, strides=2), PatchMatmulConv2D(2, 3, strides=2)
+    conv.build(x.shape)
+    strided.build(x.shape)
+    strided.set_weights(conv.get_weights())
+    np.testing.assert_allclose(strided(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert "Conv2D" in _graph_ops(strided, tf.TensorSpec((1, 8, 8, 3), tf.float32))
+    bf16 = PatchMatmulConv2D(2, 3, padding="same", dtype="mixed_bfloat16")
+    y = bf16(x)
+    assert y.dtype == tf.bfloat16 and bf16.kernel.dtype == "float32" and y.shape == (1, 8, 8, 2)
+
+
+def test_fcn_saved_with_conv2d_fc6_loads_into_the_matmul_fc6(tmp_path, monkeypatch):
+    """fc6 keeps Conv2D's kernel layout: an FCN saved before PatchMatmulConv2D reloads, and its weights
+    give the new model the same logits."""
+    import importlib
+
+    fcn_module = importlib.import_module("fcnseg.models.fcn")
+    with monkeypatch.context() as patch:
+        patch.setattr(fcn_module, "PatchMatmulConv2D", keras.layers.Conv2D)
+        old = fcn8s(4, width=TINY)
+    # The zero-initialised score layers and biases would make any two models agree: randomise them.
+    rng = np.random.default_rng(3)
+    old.set_weights([w if w.any() else rng.normal(0, 0.1, w.shape).astype("float32") for w in old.get_weights()])
+    old.save(tmp_path / "old.keras")
+    reloaded = keras.saving.load_model(tmp_path / "old.keras", compile=False)
+    assert type(reloaded.get_layer("fc6")) is keras.layers.Conv2D
+    new = fcn8s(4, width=TINY)
+    assert isinstance(new.get_layer("fc6"), PatchMatmulConv2D)
+    new.set_weights(reloaded.get_weights())
+    x = _images(70, 45)
+    logits = old(x, training=False)
+    assert float(tf.math.reduce_std(logits)) > 0
+    np.testing.assert_allclose(new(x, training=False), logits, rtol=1e-4, atol=1e-4)
+    new.save(tmp_path / "new.keras")
+    assert isinstance(keras.saving.load_model(tmp_path / "new.keras", compile=False).get_layer("fc6"),
+                      PatchMatmulConv2D)
+
 
 
 def test_linknet_output_pixels_see_their_own_input_pixels():

@@ -50,6 +50,24 @@ def ckpt(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def fcn_ckpt(tmp_path_factory):
+    """A tiny FCN-8s checkpoint whose zero-initialised score layers are randomised (else it predicts one class)."""
+    import keras
+
+    from fcnseg import checkpoint
+    from fcnseg.models import fcn8s
+    from fcnseg.sources.synthetic import make_source
+
+    source = make_source(image_size=(48, 32))
+    model = fcn8s(source.num_classes, width=1 / 16)
+    rng = np.random.default_rng(0)
+    model.set_weights([w if w.any() else rng.normal(0, 0.1, w.shape).astype("float32") for w in model.get_weights()])
+    path = tmp_path_factory.mktemp("fcn") / "best.keras"
+    checkpoint.save(model, str(path), {"model": "fcn8s", "source": source.describe(), "config": {"width": 1 / 16}})
+    return path
+
+
+@pytest.fixture(scope="module")
 def loaded(ckpt):
     from fcnseg import checkpoint
 
@@ -284,9 +302,15 @@ def test_export_tflite(ckpt, loaded, tmp_path, float16):
                   2e-2 if float16 else 1e-3)
 
 
-def test_export_onnx(ckpt, loaded, tmp_path):
+@pytest.mark.parametrize("which", ["linknet", "fcn8s"])
+def test_export_onnx(which, request, tmp_path):
+    """LinkNet, and FCN-8s (whose fc6 is slices + one matmul), agree with Keras at sizes of any stride."""
     pytest.importorskip("tf2onnx", reason='ONNX export needs pip install "fcnseg[export]"')
     ort = pytest.importorskip("onnxruntime", reason='running ONNX needs pip install "fcnseg[export]"')
+    from fcnseg import checkpoint
+
+    ckpt = request.getfixturevalue("ckpt" if which == "linknet" else "fcn_ckpt")
+    loaded = checkpoint.load(str(ckpt))
     out = tmp_path / "model.onnx"
     result = run("export", "--checkpoint", ckpt, "--format", "onnx", "--output", out)
     assert result.exit_code == 0, result.output

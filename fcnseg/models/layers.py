@@ -205,3 +205,40 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             variance=tf.cast(self.moving_variance, tf.float32), epsilon=self.epsilon,
             data_format="NHWC", is_training=False)
         return y
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class PatchMatmulConv2D(keras.layers.Conv2D):
+    """``keras.layers.Conv2D`` computed as im2col and one matrix product.
+
+    For a large kernel on a small map (FCN's fc6: 7x7, 512 -> 4096 channels on
+    a 12x15 pool5 map at 480x360) oneDNN's direct convolution, and above all
+    its weight gradient, runs far below the machine's matmul rate. Gathering
+    the kh*kw shifted copies of the input into one (positions, kh*kw*cin)
+    matrix turns the layer into a single large GEMM forward and two backward.
+    The kernel keeps Conv2D's (kh, kw, cin, cout) layout and name, so weights,
+    checkpoints and converted VGG fc1 weights load unchanged. Strided,
+    dilated, grouped or channels-first convolutions go through Conv2D.
+    """
+
+    def _patchable(self) -> bool:
+        return (self.groups == 1 and tuple(self.strides) == (1, 1)
+                and tuple(self.dilation_rate) == (1, 1) and self.data_format == "channels_last")
+
+    def convolution_op(self, inputs, kernel):
+        if not self._patchable():
+            return super().convolution_op(inputs, kernel)
+        kh, kw = self.kernel_size
+        cin = kernel.shape[2]
+        if self.padding == "same":
+            # TensorFlow's SAME for stride 1: the odd pixel of an even kernel goes bottom/right.
+            inputs = ops.pad(inputs, [[0, 0], [(kh - 1) // 2, kh // 2], [(kw - 1) // 2, kw // 2], [0, 0]])
+        shape = ops.shape(inputs)
+        rows, cols = shape[1] - kh + 1, shape[2] - kw + 1
+        # Concatenating slices (not tf.image.extract_patches) keeps the
+        # gradient a cheap sum of pads; extract_patches' is a segment sum.
+        patches = ops.concatenate(
+            [inputs[:, dy:dy + rows, dx:dx + cols, :] for dy in range(kh) for dx in range(kw)], axis=-1)
+        out = ops.matmul(ops.reshape(patches, (-1, kh * kw * cin)),
+                         ops.reshape(kernel, (kh * kw * cin, self.filters)))
+        return ops.reshape(out, (shape[0], rows, cols, self.filters))
