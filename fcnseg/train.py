@@ -161,7 +161,9 @@ def make_optimizer(config: TrainConfig, total_steps: int, deadline: float | None
     common = {"weight_decay": config.weight_decay or None,
               "gradient_accumulation_steps": config.accumulate if config.accumulate > 1 else None}
     if config.optimizer == "adam":
-        opt = keras.optimizers.AdamW(lr, **common) if config.weight_decay else keras.optimizers.Adam(lr, **common)
+        from fcnseg.optimizers import FusedAdam, FusedAdamW
+
+        opt = FusedAdamW(lr, **common) if config.weight_decay else FusedAdam(lr, **common)
     elif config.optimizer == "sgd":
         opt = keras.optimizers.SGD(lr, momentum=config.momentum, **common)
     else:

@@ -79,6 +79,7 @@ class TFWorker:
 
         from fcnseg.losses import masked_cross_entropy
         from fcnseg.models import fcn8s, linknet
+        from fcnseg.optimizers import FusedAdam
 
         if spec.get("precision") == "bfloat16":
             keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
@@ -87,7 +88,7 @@ class TFWorker:
         name, (w, h), b = spec["model"], spec["size"], spec["batch"]
         self.spec, self.tf = spec, tf
         self.model = fcn8s(NUM_CLASSES) if name == "fcn8s" else linknet(NUM_CLASSES, name.split("-", 1)[1])
-        self.opt = keras.optimizers.Adam(1e-4)
+        self.opt = FusedAdam(1e-4)  # what fcnseg train --optimizer adam uses
         loss_fn = masked_cross_entropy(NUM_CLASSES)
         gen = tf.random.Generator.from_seed(0)
         self.x = gen.uniform((b, h, w, 3), 0, 255)
