@@ -295,6 +295,32 @@ class WorkerDied(RuntimeError):
     pass
 
 
+def wait_until_idle(pid: int, busy: float = 0.05, poll: float = 0.2, timeout: float = 30.0) -> float:
+    """Block until process ``pid`` uses under ``busy`` of a core over ``poll`` seconds; return the wait.
+
+    A worker keeps computing after it answers: the pipeline worker's tf.data threads refill their
+    prefetch buffers. Timing the next contender or the peak sample meanwhile would charge them for it
+    (the LinkNet group's peak samples read 200-250 GFLOP/s against 350-380 elsewhere in a run).
+    """
+    def cpu_seconds() -> float | None:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # no /proc (not Linux) or the process is gone: nothing to wait for
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    start = time.perf_counter()
+    before = cpu_seconds()
+    while before is not None and time.perf_counter() - start < timeout:
+        time.sleep(poll)
+        after = cpu_seconds()
+        if after is None or after - before < busy * poll:
+            break
+        before = after
+    return time.perf_counter() - start
+
+
 class Worker:
     """The orchestrator's handle on one worker subprocess."""
 
@@ -350,6 +376,7 @@ def interleave(workers: list[Worker], cmd: str, rounds: int, per_round: int, pea
     for _ in range(rounds):
         for w in workers:
             samples[w.label] += w.ask(f"{cmd} {per_round}")
+            wait_until_idle(w.proc.pid)
         if peak is not None:
             peaks["float32"] += peak.ask("train 1")
             peaks["bfloat16"] += peak.ask("infer 1")
