@@ -51,4 +51,3 @@ class FusedAdam(_FusedAdamStep, keras.optimizers.Adam):
 @keras.saving.register_keras_serializable(package="fcnseg")
 class FusedAdamW(_FusedAdamStep, keras.optimizers.AdamW):
     """``keras.optimizers.AdamW`` with a fused dense update (decoupled weight decay stays Keras')."""
-

@@ -20,8 +20,9 @@ Choices (see README "CamVid from scratch" for the figures behind them;
 weights, learning rate and augmentation were chosen on the LinkNet head that
 was fixed in 0b7bf1c and not searched again since): 320x240 by default, which
 on the fixed model reached 61.8 val mIoU in 30 minutes and 64.6 in 60
-(240x180 reached 45.0 in 14 epochs; a full-resolution 480x360 epoch costs
-2.25x a 320x240 one and buys too few epochs on 2 cores); the default
+(a 14-epoch run at 240x180 reached 45.0; full resolution, 480x360, has 2.25x
+the pixels of 320x240, so the budget buys fewer than half the epochs, and was
+not tried); the default
 augmentation (random scale 0.75-1.25, crop, flip, photometric jitter) because
 val shares a sequence with train and only augmentation makes the figure mean
 something for new streets; cross-entropy weighted by the square roots of the
