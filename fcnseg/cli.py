@@ -332,7 +332,8 @@ def predict(checkpoint, inputs, output_dir, batch_size, window, overlap, flip, a
     Writes three PNGs per image or video frame: the label (uint8 train ids, void = the
     checkpoint's ignore label), the colour mask and the overlay. Video frames are named
     VIDEO-STEM_FRAME (6 digits). Unreadable inputs are reported and skipped; the exit status
-    is then 1.
+    is then 1. Each PNG is written to a temporary name and renamed (a symlink named like an
+    output is replaced, never followed).
     """
     from fcnseg.predict import PredictConfig, predict as run_predict
 
@@ -366,7 +367,9 @@ def predict(checkpoint, inputs, output_dir, batch_size, window, overlap, flip, a
                    "checkpoint's training size. SavedModel and ONNX default to any batch and size.")
 @click.option("--float16", is_flag=True, help="TFLite: store weights as float16 (half the size).")
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(min=13), help="ONNX opset.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --output (kept until the new model is complete; a folder only if it "
+                   "holds a SavedModel).")
 @reports_errors
 def export(checkpoint, fmt, output, image_size, float16, opset, overwrite):
     """Export a checkpoint as a SavedModel, TFLite or ONNX model.

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
 from fcnseg.errors import FcnsegError
+from fcnseg.files import atomic_dir, atomic_write, write_error
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 INSTALL_HINT = 'pip install "fcnseg[export]"'
@@ -72,29 +72,45 @@ def export(config: ExportConfig, log: Callable[[str], None] = print) -> str:
         raise FcnsegError("--float16 applies to --format tflite only")
     if config.format == "onnx":
         _require_tf2onnx()  # fail before the slow model load
-    _check_output(config.output, config.overwrite)
+    _check_output(config.output, config.overwrite, config.format)
     model, meta, _ = checkpoint.load(config.checkpoint)
+    import tensorflow as tf
+
     try:
         if config.format == "savedmodel":
-            _write_savedmodel(model, config.output, input_spec(None, config.image_size))
-            extra = os.path.join(config.output, "assets.extra")
-            os.makedirs(extra, exist_ok=True)
-            with open(os.path.join(extra, "fcnseg.json"), "w") as f:
-                json.dump(meta, f, indent=1)  # class names and colours for clients; TF Serving ignores it
-        elif config.format == "tflite":
-            size = config.image_size or tuple(meta["source"]["image_size"])
-            _write_tflite(model, config.output, input_spec(1, size), config.float16)
+            # Written beside --output and swapped in, so a failure keeps the old model whole.
+            with atomic_dir(config.output, "--output") as tmp:
+                _write_savedmodel(model, tmp, input_spec(None, config.image_size))
+                os.makedirs(os.path.join(tmp, "assets.extra"))
+                with open(os.path.join(tmp, "assets.extra", "fcnseg.json"), "w") as f:
+                    json.dump(meta, f, indent=1)  # class names and colours for clients; TF Serving ignores it
         else:
-            _write_onnx(model, config.output, input_spec(None, config.image_size), config.opset, meta)
-    except OSError as e:
-        raise FcnsegError(f"--output {config.output}: could not write: {e.strerror or e}") from None
+            if config.format == "tflite":
+                size = config.image_size or tuple(meta["source"]["image_size"])
+                data = _tflite_bytes(model, input_spec(1, size), config.float16)
+            else:
+                data = _onnx_bytes(model, input_spec(None, config.image_size), config.opset, meta)
+            with atomic_write(config.output, "wb", "--output") as f:
+                f.write(data)
+    except tf.errors.OpError as e:  # TensorFlow's own file writes (SavedModel) fail with these, not OSError
+        raise write_error(config.output, e, "--output") from None
     log(f"wrote {config.format} model to {config.output}")
     return config.output
 
 
-def _check_output(path: str, overwrite: bool) -> None:
-    if os.path.exists(path) and not overwrite:
+def _check_output(path: str, overwrite: bool, fmt: str) -> None:
+    """Refuse, before the slow model load, an --output that must not or cannot be replaced."""
+    if os.path.lexists(path) and not overwrite:
         raise FcnsegError(f"--output {path} already exists; choose another path or pass --overwrite")
+    if os.path.lexists(path):
+        if fmt != "savedmodel" and os.path.isdir(path):
+            raise FcnsegError(f"--output {path} is a folder; --format {fmt} writes a file")
+        if fmt == "savedmodel" and not os.path.isdir(path):
+            raise FcnsegError(f"--output {path} is a file; --format savedmodel writes a folder")
+        # --overwrite replaces a whole folder: never one that is not a model (a typo like --output .).
+        if fmt == "savedmodel" and os.listdir(path) and not os.path.isfile(os.path.join(path, "saved_model.pb")):
+            raise FcnsegError(f"--output {path} is a folder that holds no SavedModel; --overwrite only "
+                              "replaces a SavedModel")
     parent = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(parent, exist_ok=True)
@@ -110,12 +126,10 @@ def _write_savedmodel(model, path: str, spec) -> None:
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serving_function(model), input_signature=[spec])
-    if os.path.isdir(path):
-        shutil.rmtree(path)  # only reached with --overwrite
     archive.write_out(path, verbose=False)
 
 
-def _write_tflite(model, path: str, spec, float16: bool) -> None:
+def _tflite_bytes(model, spec, float16: bool) -> bytes:
     import tensorflow as tf
 
     # Converting from a SavedModel keeps the signature's input/output names (images, classes, probabilities).
@@ -125,9 +139,7 @@ def _write_tflite(model, path: str, spec, float16: bool) -> None:
         if float16:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
-        flatbuffer = converter.convert()
-    with open(path, "wb") as f:
-        f.write(flatbuffer)
+        return converter.convert()
 
 
 def _require_tf2onnx():
@@ -157,7 +169,7 @@ def _floor_mod(ctx, node, name, args):
     return FloorMod.version_7(ctx, node)
 
 
-def _write_onnx(model, path: str, spec, opset: int, meta: dict) -> None:
+def _onnx_bytes(model, spec, opset: int, meta: dict) -> bytes:
     import tensorflow as tf
 
     tf2onnx = _require_tf2onnx()
@@ -166,5 +178,4 @@ def _write_onnx(model, path: str, spec, opset: int, meta: dict) -> None:
                                              custom_op_handlers={"FloorMod": (_floor_mod, [])})
     entry = proto.metadata_props.add()
     entry.key, entry.value = "fcnseg", json.dumps(meta)
-    with open(path, "wb") as f:
-        f.write(proto.SerializeToString())
+    return proto.SerializeToString()

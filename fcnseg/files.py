@@ -145,9 +145,10 @@ def atomic_write(path: str, mode: str = "wb", what: str | None = None) -> Iterat
             raise write_error(path, e, what) from None
 
 
-def write_json(path: str, data: Any) -> None:
-    """Write JSON to ``path`` atomically; a failure is a one-line error and leaves ``path`` as it was."""
-    with atomic_write(path, "w") as f:
+def write_json(path: str, data: Any, what: str | None = None) -> None:
+    """Write JSON to ``path`` atomically; a failure is a one-line error (naming option ``what``, if
+    given, and the file) and leaves ``path`` as it was."""
+    with atomic_write(path, "w", what) as f:
         json.dump(data, f, indent=1)
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from fcnseg import overlay as overlay_lib
 from fcnseg.classes import ClassTable
 from fcnseg.errors import FcnsegError
-from fcnseg.files import ensure_writable_dir
+from fcnseg.files import atomic_write, ensure_writable_dir
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -238,6 +238,12 @@ def expand_inputs(inputs: tuple[str, ...] | list[str]) -> tuple[list[str], list[
     return files, errors
 
 
+def _describe_empty(item: str) -> str:
+    if os.path.isdir(item):
+        return f"folder {item} holds no files"
+    return f"{item} matches nothing" if glob.has_magic(item) else f"{item}: no such file or folder"
+
+
 def is_video(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in VIDEO_EXTS
 
@@ -298,7 +304,12 @@ def check_output_dir(path: str) -> None:
 
 def write_outputs(output_dir: str, name: str, image: np.ndarray, labels: np.ndarray, palette: np.ndarray,
                   alpha: float, num_classes: int) -> None:
-    """Write NAME_label.png, NAME_color.png and NAME_overlay.png."""
+    """Write NAME_label.png, NAME_color.png and NAME_overlay.png, each atomically.
+
+    Each PNG goes to a temporary file in ``output_dir`` renamed onto its name, so a
+    crash leaves no half PNG, and a symlink named like an output is replaced rather
+    than followed: nothing outside ``output_dir`` is ever written.
+    """
     import cv2
 
     labels = np.clip(labels, 0, 255).astype(np.uint8)
@@ -306,8 +317,11 @@ def write_outputs(output_dir: str, name: str, image: np.ndarray, labels: np.ndar
     overlay = overlay_lib.blend(image, labels, palette, alpha, num_classes=num_classes)
     for suffix, array in (("label", labels), ("color", color[..., ::-1]), ("overlay", overlay[..., ::-1])):
         path = os.path.join(output_dir, f"{name}_{suffix}.png")
-        if not cv2.imwrite(path, np.ascontiguousarray(array)):
-            raise FcnsegError(f"--output-dir: could not write {path}")
+        ok, png = cv2.imencode(".png", np.ascontiguousarray(array))
+        if not ok:
+            raise FcnsegError(f"--output-dir: could not encode {path}")
+        with atomic_write(path, "wb", "--output-dir") as f:
+            f.write(png.tobytes())
 
 
 def predict(config: PredictConfig, log: Callable[[str], None] = print,
@@ -328,6 +342,9 @@ def predict(config: PredictConfig, log: Callable[[str], None] = print,
         raise FcnsegError(f"--alpha {config.alpha}: must be in 0..1")
     if not 0.0 <= config.overlap < 1.0:
         raise FcnsegError(f"--overlap {config.overlap}: must be in 0..1 (1 excluded)")
+    files, errors = expand_inputs(config.inputs)
+    if not files:  # nothing to do is a mistake (an empty folder, a glob typo), not a success
+        raise FcnsegError(f"no input files: {'; '.join(_describe_empty(item) for item in config.inputs)}")
     check_output_dir(config.output_dir)  # before the slow model load
     model, _, table = checkpoint.load(config.checkpoint)
     pp = build_postprocess(config, table)
@@ -361,7 +378,6 @@ def predict(config: PredictConfig, log: Callable[[str], None] = print,
             result.written += 1
         bar.update(len(batch))
 
-    files, errors = expand_inputs(config.inputs)
     for item, message in errors:
         log(f"warning: {message}")
         result.failed.append(item)

@@ -82,7 +82,7 @@ def test_atomic_dir_swaps_a_folder_and_keeps_the_old_one_on_failure(tmp_path, mo
     (target / "saved_model.pb").write_text("old")
     with pytest.raises(RuntimeError):
         with atomic_dir(str(target)) as tmp:
-            (open(os.path.join(tmp, "saved_model.pb"), "w")).close()
+            open(os.path.join(tmp, "saved_model.pb"), "w").close()
             raise RuntimeError("conversion failed")
     assert (target / "saved_model.pb").read_text() == "old" and temp_leftovers(tmp_path) == []
     with atomic_dir(str(target)) as tmp:

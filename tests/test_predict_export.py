@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 import sys
 import zipfile
 
@@ -11,9 +12,17 @@ import pytest
 from click.testing import CliRunner
 
 from fcnseg.cli import main
+from fs_faults import remount_read_only, temp_leftovers, tmpfs, without_dac_override
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def error_line(result):
+    """The CLI's one error line (a progress bar may precede it on stderr)."""
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in result.output, result.output
+    return errors[0]
 
 
 def scene(width, height, seed):
@@ -230,6 +239,96 @@ def test_unwritable_output_dir(ckpt, tmp_path):
     assert "--output-dir" in result.output and "file/out is not writable" in result.output
 
 
+def test_predict_replaces_symlinked_outputs_and_never_writes_outside(ckpt, tmp_path):
+    write_rgb(tmp_path / "x.png", scene(48, 32, 5))
+    victim = tmp_path / "victim.png"
+    victim.write_bytes(b"someone else's file")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x_label.png").symlink_to(victim)
+    (out / "x_color.png").symlink_to(tmp_path / "nowhere.png")  # dangling: must not create the target either
+    result = run("predict", "--checkpoint", ckpt, tmp_path / "x.png", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert victim.read_bytes() == b"someone else's file" and not (tmp_path / "nowhere.png").exists()
+    for suffix in ("label", "color", "overlay"):
+        path = out / f"x_{suffix}.png"
+        assert not path.is_symlink() and cv2.imread(str(path)) is not None
+    assert sorted(os.listdir(out)) == ["x_color.png", "x_label.png", "x_overlay.png"]
+
+
+@pytest.mark.parametrize("what", ["empty folder", "glob", "folder of folders"])
+def test_predict_with_no_input_files_fails_with_one_line(ckpt, tmp_path, what):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    if what == "folder of folders":
+        (inputs / "sub").mkdir()
+        write_rgb(inputs / "sub" / "a.png", scene(48, 32, 1))  # folders are not recursed
+    arg = inputs / "*.png" if what == "glob" else inputs
+    result = run("predict", "--checkpoint", ckpt, arg, "-o", tmp_path / "out")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: no input files: {arg} matches nothing" if what == "glob"
+        else f"Error: no input files: folder {inputs} holds no files"]
+
+
+def test_predict_on_a_full_output_dir_is_one_line_and_leaves_no_temp_files(ckpt, tmp_path):
+    for i in range(3):
+        write_rgb(tmp_path / f"img{i}.png", scene(160, 128, i))
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        result = run("predict", "--checkpoint", ckpt, *(tmp_path / f"img{i}.png" for i in range(3)), "-o", disk)
+        assert result.exit_code == 1
+        assert "could not write: No space left on device" in error_line(result)
+        assert f"--output-dir {disk}/img" in error_line(result)
+        assert temp_leftovers(disk) == []
+        for name in os.listdir(disk):  # whatever was written before the disk filled up is whole
+            assert cv2.imread(str(disk / name), cv2.IMREAD_UNCHANGED) is not None, name
+
+
+def test_predict_on_a_read_only_output_dir(ckpt, tmp_path):
+    write_rgb(tmp_path / "a.png", scene(48, 32, 5))
+    with tmpfs(tmp_path / "disk") as disk:
+        remount_read_only(disk)
+        result = run("predict", "--checkpoint", ckpt, tmp_path / "a.png", "-o", disk)
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines() == [
+            f"Error: --output-dir {disk} is not writable: Read-only file system"]
+
+
+def test_predict_into_a_folder_without_write_permission(ckpt, tmp_path):
+    """Root ignores file modes, so the command runs without CAP_DAC_OVERRIDE."""
+    write_rgb(tmp_path / "a.png", scene(48, 32, 5))
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    command = [sys.executable, "-m", "fcnseg.cli", "predict", "--checkpoint", str(ckpt), str(tmp_path / "a.png"),
+               "-o", str(out)]
+    done = subprocess.run(without_dac_override(command), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == f"Error: --output-dir {out} is not writable: Permission denied"
+    assert "Traceback" not in done.stderr and os.listdir(out) == []
+
+
+def test_predict_interrupted_mid_write_leaves_whole_files_and_no_temp_files(ckpt, tmp_path, monkeypatch):
+    from fcnseg import files
+
+    write_rgb(tmp_path / "a.png", scene(48, 32, 5))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_overlay.png").write_bytes(b"old overlay")
+    real_fsync = os.fsync
+
+    def fsync(fd):  # Ctrl-C once the overlay's bytes are in its temporary file
+        if ".a_overlay.png." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise KeyboardInterrupt
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    result = run("predict", "--checkpoint", ckpt, tmp_path / "a.png", "-o", out)
+    assert result.exit_code == 130 and "interrupted" in result.output
+    assert sorted(os.listdir(out)) == ["a_color.png", "a_label.png", "a_overlay.png"]
+    assert (out / "a_overlay.png").read_bytes() == b"old overlay"
+
+
 @pytest.mark.parametrize("kind", ["text", "zip", "keras"])
 def test_not_an_fcnseg_checkpoint(kind, tmp_path):
     path = tmp_path / "model.keras"
@@ -282,6 +381,13 @@ def test_export_savedmodel_any_size(ckpt, loaded, tmp_path):
                       keras_probabilities(loaded[0], images), 1e-3)
     result = run("export", "--checkpoint", ckpt, "--format", "savedmodel", "--output", out)
     assert result.exit_code == 1 and "already exists" in result.output
+    (out / "variables" / "stale").write_text("from the old model")
+    graph = (out / "saved_model.pb").read_bytes()
+    result = run("export", "--checkpoint", ckpt, "--format", "savedmodel", "--output", out, "--image-size", "48x32",
+                 "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert not (out / "variables" / "stale").exists() and temp_leftovers(tmp_path) == []
+    assert (out / "saved_model.pb").read_bytes() != graph and (out / "assets.extra" / "fcnseg.json").is_file()
 
 
 @pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
@@ -290,9 +396,16 @@ def test_export_tflite(ckpt, loaded, tmp_path, float16):
     import tensorflow as tf
 
     out = tmp_path / "model.tflite"
-    result = run("export", "--checkpoint", ckpt, "--format", "tflite", "--output", out,
-                 *(["--float16"] if float16 else []))
+    extra = []
+    if float16:  # --overwrite onto a link: the link is replaced, the file it points to is not touched
+        (tmp_path / "elsewhere.tflite").write_bytes(b"old model")
+        out.symlink_to(tmp_path / "elsewhere.tflite")
+        extra = ["--float16", "--overwrite"]
+    result = run("export", "--checkpoint", ckpt, "--format", "tflite", "--output", out, *extra)
     assert result.exit_code == 0, result.output
+    assert not out.is_symlink() and temp_leftovers(tmp_path) == []
+    if float16:
+        assert (tmp_path / "elsewhere.tflite").read_bytes() == b"old model"
     interpreter = tf.lite.Interpreter(model_path=str(out))
     runner = interpreter.get_signature_runner("serving_default")
     assert tuple(interpreter.get_input_details()[0]["shape"]) == (1, 32, 48, 3)  # the training size
@@ -312,8 +425,12 @@ def test_export_onnx(which, request, tmp_path):
     ckpt = request.getfixturevalue("ckpt" if which == "linknet" else "fcn_ckpt")
     loaded = checkpoint.load(str(ckpt))
     out = tmp_path / "model.onnx"
-    result = run("export", "--checkpoint", ckpt, "--format", "onnx", "--output", out)
+    if which == "fcn8s":
+        out.write_bytes(b"old model")
+    result = run("export", "--checkpoint", ckpt, "--format", "onnx", "--output", out,
+                 *(["--overwrite"] if which == "fcn8s" else []))
     assert result.exit_code == 0, result.output
+    assert temp_leftovers(tmp_path) == []
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].name == "images"
     names = [o.name for o in session.get_outputs()]
@@ -332,3 +449,66 @@ def test_export_bad_options(ckpt, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if not installed
     result = run("export", "--checkpoint", ckpt, "--format", "onnx", "--output", tmp_path / "m.onnx")
     assert result.exit_code == 1 and 'pip install "fcnseg[export]"' in result.output
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+@pytest.mark.parametrize("fmt", ["savedmodel", "tflite", "onnx"])
+def test_export_on_a_full_disk_keeps_the_old_model(ckpt, tmp_path, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("tf2onnx", reason='ONNX export needs pip install "fcnseg[export]"')
+    with tmpfs(tmp_path / "disk", "128k") as disk:  # the new model (~0.7 MB) cannot fit
+        if fmt == "savedmodel":
+            out = disk / "sm"
+            out.mkdir()
+            (out / "saved_model.pb").write_bytes(b"old model")
+        else:
+            out = disk / f"model.{fmt}"
+            out.write_bytes(b"old model")
+        old = out / "saved_model.pb" if fmt == "savedmodel" else out
+        result = run("export", "--checkpoint", ckpt, "--format", fmt, "--output", out, "--overwrite")
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines() == [
+            f"Error: --output {out}: could not write: No space left on device"]
+        assert old.read_bytes() == b"old model" and sorted(os.listdir(disk)) == [out.name]
+
+
+def test_export_interrupted_keeps_the_old_model_and_no_temp_files(ckpt, tmp_path, monkeypatch):
+    from fcnseg import files
+
+    out = tmp_path / "sm"
+    out.mkdir()
+    (out / "saved_model.pb").write_bytes(b"old model")
+    real_fsync = os.fsync
+
+    def fsync(fd):  # Ctrl-C once the new SavedModel is written, before it is swapped in
+        if ".sm." in os.readlink(f"/proc/self/fd/{fd}"):
+            raise KeyboardInterrupt
+        real_fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    result = run("export", "--checkpoint", ckpt, "--format", "savedmodel", "--output", out, "--overwrite")
+    assert result.exit_code == 130 and "interrupted" in result.output
+    assert os.listdir(out) == ["saved_model.pb"] and (out / "saved_model.pb").read_bytes() == b"old model"
+    assert sorted(os.listdir(tmp_path)) == ["sm"]
+
+
+def test_export_refuses_outputs_it_must_not_replace(ckpt, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"irreplaceable")
+    (tmp_path / "m.tflite").write_bytes(b"a file")
+    (tmp_path / "dangling.onnx").symlink_to(tmp_path / "nowhere")
+    cases = [
+        ("savedmodel", folder, f"--output {folder} is a folder that holds no SavedModel; "
+                               "--overwrite only replaces a SavedModel"),
+        ("tflite", folder, f"--output {folder} is a folder; --format tflite writes a file"),
+        ("savedmodel", tmp_path / "m.tflite", f"--output {tmp_path / 'm.tflite'} is a file; "
+                                              "--format savedmodel writes a folder"),
+    ]
+    for fmt, out, message in cases:
+        result = run("export", "--checkpoint", ckpt, "--format", fmt, "--output", out, "--overwrite")
+        assert result.exit_code == 1 and result.output.strip().splitlines() == [f"Error: {message}"]
+    result = run("export", "--checkpoint", ckpt, "--format", "onnx", "--output", tmp_path / "dangling.onnx")
+    assert result.exit_code == 1 and "already exists" in result.output
+    assert (folder / "holiday.jpg").read_bytes() == b"irreplaceable"
+    assert (tmp_path / "m.tflite").read_bytes() == b"a file" and (tmp_path / "dangling.onnx").is_symlink()
