@@ -83,7 +83,12 @@ def read_checked(path: tf.Tensor) -> tf.Tensor:
 
 def read_image(path: tf.Tensor) -> tf.Tensor:
     """Decode a PNG/JPEG/BMP file into a (H, W, 3) uint8 tensor."""
-    image = tf.io.decode_image(read_checked(path), channels=3, expand_animations=False)
+    contents = read_checked(path)
+    # The accurate integer DCT decodes JPEGs to exactly OpenCV's pixels (what predict
+    # reads); TensorFlow's default fast DCT differs by up to a few levels.
+    image = tf.cond(tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8"),
+                    lambda: tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE"),
+                    lambda: tf.io.decode_image(contents, channels=3, expand_animations=False))
     image.set_shape([None, None, 3])
     return image
 
