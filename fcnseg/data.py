@@ -116,8 +116,8 @@ def lookup_ids(lut: tf.Tensor, ids: tf.Tensor, path: tf.Tensor) -> tf.Tensor:
     from fcnseg.check_labels import looks_interpolated
 
     return _fail_unless(tf.logical_not(looks_interpolated(between, border)), train, "label ", path, ": ",
-                        tf.cast(between, tf.int32), " pixels hold a value between their neighbours' values: resized with "
-                        "interpolation? (run fcnseg check-labels for details)")
+                        tf.cast(between, tf.int32), " pixels hold a value between their neighbours' values: "
+                        "resized with interpolation? (run fcnseg check-labels for details)")
 
 
 def interpolation_counts(ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

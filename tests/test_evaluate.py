@@ -219,7 +219,8 @@ def test_evaluate_scores_cityscapes_labels_at_their_own_resolution(tmp_path):
     for k, stem in enumerate(["aachen_000000_000019", "aachen_000001_000019"]):
         image = rng.integers(0, 255, (24, 40, 3), np.uint8)
         ids = np.kron(rng.choice([7, 8, 11, 26, 0], (12, 20)), np.ones((4, 4), int)).astype(np.uint8)  # 80x48
-        for folder, name, array in (("leftImg8bit", "leftImg8bit", image[..., ::-1]), ("gtFine", "gtFine_labelIds", ids)):
+        for folder, name, array in (("leftImg8bit", "leftImg8bit", image[..., ::-1]),
+                                    ("gtFine", "gtFine_labelIds", ids)):
             os.makedirs(tmp_path / folder / "val" / "aachen", exist_ok=True)
             cv2.imwrite(str(tmp_path / folder / "val" / "aachen" / f"{stem}_{name}.png"), array)
         images.append(image)

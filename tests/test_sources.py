@@ -527,7 +527,8 @@ def test_find_unreadable_names_corrupt_and_mismatched_files(camvid_dir, cityscap
     assert find_unreadable(sources.load("camvid", str(root))) is None
     label = root / "valannot/0006R0_f01800.png"
     label.write_bytes(label.read_bytes()[:60])  # truncated
-    assert find_unreadable(sources.load("camvid", str(root))) == f"{label}: missing, empty, corrupt or truncated label (PNG has no IEND chunk: truncated)"
+    assert find_unreadable(sources.load("camvid", str(root))) == \
+        f"{label}: missing, empty, corrupt or truncated label (PNG has no IEND chunk: truncated)"
     write(label, np.zeros((H // 2, W // 2), np.uint8))
     assert "label is 20x12 but its image" in find_unreadable(sources.load("camvid", str(root)))
     # Cityscapes labels may legitimately be larger than their images.
