@@ -18,6 +18,7 @@ median-frequency class weights, which ``fcnseg train --class-weights`` reads.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -29,17 +30,18 @@ import numpy as np
 
 from fcnseg.classes import ClassTable, median_frequency_weights
 from fcnseg.errors import FcnsegError
-from fcnseg.files import write_json
+from fcnseg.files import ensure_writable_dir, write_json
 from fcnseg.source import Sample
-from fcnseg.validate import read_file
+from fcnseg import imageio
 
 UNREADABLE = "unreadable"
+TOO_LARGE = "too large"
 MISSING_PAIR = "missing pair"
 SIZE_MISMATCH = "size mismatch"
 LISTING = "split cannot be listed"
 PIPELINE = "pipeline decodes differently"
 # Problems that make the tf.data pipeline itself fail (what find_unreadable looks for).
-PIPELINE_FAILURES = (UNREADABLE, SIZE_MISMATCH)
+PIPELINE_FAILURES = (UNREADABLE, TOO_LARGE, SIZE_MISMATCH)
 
 
 @dataclass(frozen=True)
@@ -138,26 +140,11 @@ def check_labels(source, splits: Sequence[str] = ("train", "val"), *, values: bo
     """
     if getattr(source, "cached_samples", None) is None:
         raise FcnsegError(f"check-labels reads label files; the {getattr(source, 'name', '?')} source has none")
+    if previews_dir:  # before the slow part: a read-only folder fails now, in one line
+        ensure_writable_dir(previews_dir, "--previews")
     start = time.perf_counter()
     report = Report(tuple(splits), tuple(source.class_names))
-    jobs: list[tuple[str, int, Sample]] = []
-    if collect_orphans:
-        source.orphans = []
-    for split in splits:
-        try:
-            samples = [s for s in source.cached_samples(split) if s.label is not None]
-        except FcnsegError as e:
-            samples = []
-            _add(report, split, Problem(str(getattr(source, "data_dir", source.name)), LISTING, str(e)))
-        orphans = getattr(source, "orphans", None) or ()
-        for path, message in orphans:
-            _add(report, split, Problem(path, MISSING_PAIR, message))
-        report.files[split] = len(orphans)
-        if collect_orphans:
-            source.orphans = []
-        jobs += [(split, i, s) for i, s in enumerate(samples)]
-    if collect_orphans:
-        source.orphans = None
+    jobs = _list_jobs(source, splits, report, collect_orphans)
     picks = _preview_picks(len(jobs), num_previews if previews_dir else 0)
     rules = Rules.of(source)
     results: list[SampleResult] = []
@@ -189,9 +176,51 @@ def check_labels(source, splits: Sequence[str] = ("train", "val"), *, values: bo
     return report
 
 
+def _list_jobs(source, splits: Sequence[str], report: Report, collect_orphans: bool) -> list[tuple[str, int, Sample]]:
+    """(split, index, sample) of every labelled sample; listing problems and orphans go to ``report``.
+
+    A split with nothing at all in it is an error: "0 files checked, OK" would pass an empty
+    or misnamed folder as a valid dataset.
+    """
+    jobs: list[tuple[str, int, Sample]] = []
+    if collect_orphans:
+        source.orphans = []
+    for split in splits:
+        listed = True
+        try:
+            samples = [s for s in source.cached_samples(split) if s.label is not None]
+        except FcnsegError as e:
+            samples, listed = [], False
+            _add(report, split, Problem(str(getattr(source, "data_dir", source.name)), LISTING, str(e)))
+        orphans = getattr(source, "orphans", None) or ()
+        if listed and not samples and not orphans:
+            raise FcnsegError(f"the {split} split of the {source.name} source under "
+                              f"{getattr(source, 'data_dir', None)} has no labelled images")
+        for path, message in orphans:
+            _add(report, split, Problem(path, MISSING_PAIR, message))
+        report.files[split] = len(orphans)
+        if collect_orphans:
+            source.orphans = []
+        jobs += [(split, i, s) for i, s in enumerate(samples)]
+    if collect_orphans:
+        source.orphans = None
+    return jobs
+
+
+def check_weights_out(path: str) -> None:
+    """Prove ``--weights-out``'s folder exists and is writable before the slow check."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise FcnsegError(f"--weights-out {path} is a folder; give a file name, e.g. {path}/class_weights.json")
+    ensure_writable_dir(folder, "--weights-out")
+
+
 def write_weights(report: Report, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_json(path, report.weights_json())
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write_json(path, report.weights_json())
+    except OSError as e:  # e.g. a full disk; write_json leaves the previous file as it was
+        raise FcnsegError(f"--weights-out {path}: cannot write: {e.strerror or e}") from None
 
 
 def _add(report: Report, split: str, problem: Problem) -> None:
@@ -221,12 +250,8 @@ def _check_sample(rules: Rules, split: str, index: int, sample: Sample, values: 
                   want_preview: bool) -> SampleResult:
     problems: list[Problem] = []
     paths = [sample.image, sample.label]
-    image, why = read_file(sample.image)
-    if image is None:
-        problems.append(Problem(sample.image, UNREADABLE, "missing, empty, corrupt or truncated image", why))
-    label, why = read_file(sample.label)
-    if label is None:
-        problems.append(Problem(sample.label, UNREADABLE, "missing, empty, corrupt or truncated label", why))
+    image = _read(sample.image, "image", problems)
+    label = _read(sample.label, "label", problems)
     result = SampleResult(split, index, sample, (), problems)
     if label is not None and image is not None and not rules.resized and image.shape[:2] != label.shape[:2]:
         problems.append(Problem(sample.label, SIZE_MISMATCH,
@@ -237,9 +262,8 @@ def _check_sample(rules: Rules, split: str, index: int, sample: Sample, values: 
         problems += [Problem(sample.label, reason, message) for reason, message in found]
         for extra in rules.color_labels(sample):
             paths.append(extra)
-            colour, why = read_file(extra)
+            colour = _read(extra, "label", problems)
             if colour is None:
-                problems.append(Problem(extra, UNREADABLE, "missing, empty, corrupt or truncated label", why))
                 continue
             problems += [Problem(extra, reason, message) for reason, message in rules.check_colors(colour)]
         if train_ids is not None:
@@ -248,6 +272,16 @@ def _check_sample(rules: Rules, split: str, index: int, sample: Sample, values: 
                 result.preview = _preview(image, train_ids, rules)
     result.paths = tuple(paths)
     return result
+
+
+def _read(path: str, what: str, problems: list[Problem]) -> np.ndarray | None:
+    """The decoded file (``imageio``'s policy, as every command reads it), or None and a problem."""
+    try:
+        return imageio.read(path)
+    except imageio.ImageError as e:
+        problems.append(Problem(path, TOO_LARGE, e.why) if e.too_large else
+                        Problem(path, UNREADABLE, f"missing, empty, corrupt or truncated {what}", e.why))
+        return None
 
 
 def _pipeline_agreement(source, rules: Rules, picked: list[tuple[str, Sample]]) -> list[tuple[str, Problem]]:
@@ -259,7 +293,7 @@ def _pipeline_agreement(source, rules: Rules, picked: list[tuple[str, Sample]]) 
     decode = decoder()
     problems = []
     for split, sample in picked:
-        label, _ = read_file(sample.label)
+        label = imageio.read(sample.label)
         found, ours = rules.check_label(label, sample.label)
         if found or ours is None:  # already reported; the pipeline maps bad values to void
             continue
@@ -277,7 +311,14 @@ def _write_previews(folder: str, previews: list[SampleResult]) -> list[str]:
     for n, r in enumerate(previews):
         stem = os.path.splitext(os.path.basename(r.sample.image))[0]
         path = os.path.join(folder, f"{n:02d}_{r.split}_{stem}.png")
-        cv2.imwrite(path, cv2.cvtColor(r.preview, cv2.COLOR_RGB2BGR))
+        try:
+            ok = cv2.imwrite(path, cv2.cvtColor(r.preview, cv2.COLOR_RGB2BGR))
+        except cv2.error:
+            ok = False
+        if not ok:  # a full disk or a folder made read-only meanwhile
+            with contextlib.suppress(OSError):
+                os.remove(path)  # a half-written preview
+            raise FcnsegError(f"--previews: could not write {path}")
         written.append(path)
     return written
 
@@ -439,10 +480,20 @@ def _interpolation(values: np.ndarray, bad: np.ndarray | None, n_bad_values: int
             return (f"{n_bad_values} distinct unknown values, {on_border:.0%} of their {n_bad} pixels "
                     "on class borders")
     n_between, n_border = int(between.sum()), int(border.sum())
-    if n_between >= 20 and n_between >= 0.1 * n_border:  # clean CamVid labels: at most 0.02
+    if looks_interpolated(n_between, n_border):
         return (f"{n_between} pixels ({n_between / n_border:.0%} of class-border pixels) hold a value "
                 "between their two neighbours' values")
     return None
+
+
+INTERPOLATED_MIN_PIXELS = 20  # at least this many "between" pixels...
+INTERPOLATED_MIN_SHARE = 0.1  # ...and this share of class-border pixels (clean CamVid labels: at most 0.02)
+
+
+def looks_interpolated(n_between, n_border):
+    """check-labels' verdict on the counts of ``_between``; works on numbers and tensors alike
+    (the training pipeline applies the same rule)."""
+    return (n_between >= INTERPOLATED_MIN_PIXELS) & (n_between >= INTERPOLATED_MIN_SHARE * n_border)
 
 
 def _between(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -207,8 +207,10 @@ def check_labels(data_source, data_dir, source_option, split, previews_dir, num_
     valid, 1 otherwise.
     """
     from fcnseg import sources
-    from fcnseg.check_labels import check_labels as run_check, write_weights
+    from fcnseg.check_labels import check_labels as run_check, check_weights_out, write_weights
 
+    if weights_out:
+        check_weights_out(weights_out)
     source = sources.load(data_source, data_dir, **parse_source_options(source_option))
     report = run_check(source, ("train", "val") if split == "all" else (split,), previews_dir=previews_dir,
                        num_previews=num_previews, workers=workers, collect_orphans=True,

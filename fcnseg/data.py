@@ -36,27 +36,144 @@ NO_AUGMENT = Augment(scale=(1.0, 1.0), flip=False, brightness=0.0, contrast=0.0,
 
 
 # ---------------------------------------------------------------- decoding
+#
+# The decode policy is ``fcnseg.imageio``'s (what check-labels, evaluate and
+# predict use): truncated files fail (TensorFlow's decoders refuse them), EXIF
+# orientation is ignored (TensorFlow never applies it), and a header declaring
+# more than ``imageio.max_pixels()`` pixels is refused before decoding. Every
+# check is a tf.debugging.Assert whose message names the file, so the training
+# loop can report it in one line.
+
+
+def _fail_unless(ok: tf.Tensor, value: tf.Tensor, *message) -> tf.Tensor:
+    """``value`` once ``ok`` holds; otherwise an InvalidArgumentError whose message
+    is the strings of ``message`` joined (tensors such as the path included)."""
+    text = tf.strings.join([tf.strings.as_string(m) if isinstance(m, tf.Tensor) and m.dtype != tf.string else m
+                            for m in message])
+    with tf.control_dependencies([tf.debugging.Assert(ok, [text])]):
+        return tf.identity(value)
+
+
+def _big_endian(contents: tf.Tensor, offset: int, size: int) -> tf.Tensor:
+    raw = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, offset, size), tf.uint8), tf.int64)
+    return tf.reduce_sum(raw * tf.constant([256 ** (size - 1 - i) for i in range(size)], tf.int64))
+
+
+def header_pixels(contents: tf.Tensor) -> tf.Tensor:
+    """Pixels a PNG or JPEG header declares (int64), -1 for other formats, without decoding."""
+    magic = tf.strings.substr(contents, 0, 2)
+    long_enough = tf.strings.length(contents) >= 24
+    is_png = tf.logical_and(long_enough, tf.equal(tf.strings.substr(contents, 0, 8), b"\x89PNG\r\n\x1a\n"))
+    is_jpeg = tf.equal(magic, b"\xff\xd8")
+    return tf.case([
+        (is_png, lambda: _big_endian(contents, 16, 4) * _big_endian(contents, 20, 4)),
+        (is_jpeg, lambda: tf.reduce_prod(tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64))),
+    ], default=lambda: tf.constant(-1, tf.int64))
+
+
+def read_checked(path: tf.Tensor) -> tf.Tensor:
+    """The file's bytes, once its header is within the pixel limit."""
+    from fcnseg import imageio
+
+    contents = tf.io.read_file(path)
+    limit = imageio.max_pixels()
+    return _fail_unless(header_pixels(contents) <= limit, contents, path, f": over the limit of {limit} pixels "
+                        f"(set {imageio.MAX_PIXELS_ENV} to raise it)")
 
 
 def read_image(path: tf.Tensor) -> tf.Tensor:
     """Decode a PNG/JPEG/BMP file into a (H, W, 3) uint8 tensor."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    contents = read_checked(path)
+    # The accurate integer DCT decodes JPEGs to exactly OpenCV's pixels (what predict
+    # reads); TensorFlow's default fast DCT differs by up to a few levels.
+    image = tf.cond(tf.equal(tf.strings.substr(contents, 0, 2), b"\xff\xd8"),
+                    lambda: tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE"),
+                    lambda: tf.io.decode_image(contents, channels=3, expand_animations=False))
     image.set_shape([None, None, 3])
     return image
 
 
+def strict_id_lut(table, size: int = 65536) -> np.ndarray:
+    """``lut[id] = train id`` for the table's ids, -1 for every other value (which
+    ``lookup_ids`` refuses: an id missing from the table is a broken label, not void)."""
+    lut = np.full(size, -1, np.int32)
+    for row in table.rows:
+        if 0 <= row.id < size:
+            lut[row.id] = row.train_id
+    return lut
+
+
+def lookup_ids(lut: tf.Tensor, ids: tf.Tensor, path: tf.Tensor) -> tf.Tensor:
+    """Train ids of (H, W) int32 ``ids``; an id the table lacks, or a label that looks
+    resized with interpolation, stops the pipeline with the file's name."""
+    ids = tf.minimum(ids, tf.shape(lut)[0] - 1)
+    train = tf.gather(lut, ids)
+    unknown = train < 0
+    worst = tf.reduce_max(tf.where(unknown, ids, -1))
+    train = _fail_unless(tf.logical_not(tf.reduce_any(unknown)), train, "label ", path, ": holds value ", worst,
+                         ", which is not an id of the class table (run fcnseg check-labels for every problem)")
+    between, border = interpolation_counts(ids)
+    from fcnseg.check_labels import looks_interpolated
+
+    return _fail_unless(tf.logical_not(looks_interpolated(between, border)), train, "label ", path, ": ",
+                        tf.cast(between, tf.int32), " pixels hold a value between their neighbours' values: "
+                        "resized with interpolation? (run fcnseg check-labels for details)")
+
+
+def interpolation_counts(ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(pixels strictly between their left/right or up/down neighbours, pixels with a
+    4-neighbour of another value): check-labels' interpolation evidence, vectorised."""
+    between = tf.zeros(tf.shape(ids), tf.bool)
+    border = tf.zeros(tf.shape(ids), tf.bool)
+    for axis in (0, 1):
+        def part(a, b, axis=axis):
+            return ids[a:b] if axis == 0 else ids[:, a:b]
+
+        def pad(x, before, after, axis=axis):
+            return tf.pad(x, [[before, after], [0, 0]] if axis == 0 else [[0, 0], [before, after]])
+
+        step = tf.not_equal(part(1, None), part(0, -1))
+        border = border | pad(step, 1, 0) | pad(step, 0, 1)
+        prev, mid, nxt = part(0, -2), part(1, -1), part(2, None)
+        ramp = ((prev < mid) & (mid < nxt)) | ((prev > mid) & (mid > nxt))
+        between = between | pad(ramp, 1, 1)
+    count = lambda m: tf.reduce_sum(tf.cast(m, tf.float32))  # noqa: E731 - float: compared with a share
+    return count(between), count(border)
+
+
+def check_train_ids(label: tf.Tensor, path: tf.Tensor, num_classes: int, ignore_label: int) -> tf.Tensor:
+    """``label`` once every value is a class (0..C-1) or void: what the loss can one-hot."""
+    ok = ((label >= 0) & (label < num_classes)) | tf.equal(label, ignore_label)
+    return _fail_unless(tf.reduce_all(ok), label, "label ", path, f": decodes to values that are neither a "
+                        f"class (0..{num_classes - 1}) nor void ({ignore_label}), e.g. ",
+                        tf.reduce_max(tf.where(ok, -(2 ** 31), label)))
+
+
 def read_index_label(path: tf.Tensor, id_to_train_id: tf.Tensor) -> tf.Tensor:
-    """Decode a single-channel index PNG (8 or 16 bit) and map ids to train ids."""
-    ids = decode_index_png(tf.io.read_file(path))
-    ids = tf.minimum(ids, tf.shape(id_to_train_id)[0] - 1)
-    return tf.gather(id_to_train_id, ids)
+    """Decode a single-channel index PNG (8 or 16 bit) and map ids to train ids
+    (``id_to_train_id`` from ``strict_id_lut``)."""
+    return lookup_ids(id_to_train_id, decode_index_png(read_checked(path), path), path)
 
 
-def decode_index_png(contents: tf.Tensor) -> tf.Tensor:
-    """(H, W) int32 ids of an 8- or 16-bit single-channel PNG, values unscaled."""
+PNG_COLOUR_TYPES = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}
+
+
+def decode_index_png(contents: tf.Tensor, path: tf.Tensor | None = None) -> tf.Tensor:
+    """(H, W) int32 ids of an 8- or 16-bit single-channel PNG, values unscaled.
+
+    With ``path``, any other PNG (an RGB colour mask where an index mask belongs,
+    a palette PNG) is an error naming the file: decode_png(channels=1) would
+    silently turn colours into grey levels and train on those.
+    """
     # decode_png(dtype=uint16) rescales 8-bit files by 257 (id 1 would read as
     # 257), so the dtype follows the bit depth in the PNG header (byte 24).
     depth = tf.io.decode_raw(tf.strings.substr(contents, 24, 1), tf.uint8)[0]
+    if path is not None:
+        kind = tf.io.decode_raw(tf.strings.substr(contents, 25, 1), tf.uint8)[0]
+        names = tf.constant([PNG_COLOUR_TYPES.get(i, f"type {i}") for i in range(256)])
+        contents = _fail_unless(tf.equal(kind, 0), contents, "label ", path, ": is a ",
+                                tf.gather(names, tf.cast(kind, tf.int32)), " PNG where a single-channel "
+                                "index label belongs (save the class ids as a grey PNG)")
     return tf.cond(
         depth == 16,
         lambda: tf.cast(tf.io.decode_png(contents, channels=1, dtype=tf.uint16)[..., 0], tf.int32),
@@ -65,13 +182,23 @@ def decode_index_png(contents: tf.Tensor) -> tf.Tensor:
 
 
 def read_color_label(path: tf.Tensor, color_lookup: tf.lookup.StaticHashTable) -> tf.Tensor:
-    """Decode an RGB colour label; exact colour match, unknown colours -> void."""
-    rgb = tf.cast(tf.io.decode_png(tf.io.read_file(path), channels=3), tf.int64)
+    """Decode an RGB colour label; exact colour match, a colour the table lacks is an
+    error naming the file (``color_lookup`` maps unknown colours to -1)."""
+    rgb = tf.cast(tf.io.decode_png(read_checked(path), channels=3), tf.int64)
+    return lookup_colors(rgb, color_lookup, path)
+
+
+def lookup_colors(rgb: tf.Tensor, color_lookup: tf.lookup.StaticHashTable, path: tf.Tensor) -> tf.Tensor:
     keys = rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
-    return tf.cast(color_lookup.lookup(keys), tf.int32)
+    train = tf.cast(color_lookup.lookup(keys), tf.int32)
+    unknown = train < 0
+    worst = tf.reduce_max(tf.where(unknown, keys, -1))
+    return _fail_unless(tf.logical_not(tf.reduce_any(unknown)), train, "label ", path, ": holds colour (",
+                        worst // 65536, ",", worst // 256 % 256, ",", worst % 256, "), which is not a colour "
+                        "of the class table (run fcnseg check-labels for every problem)")
 
 
-def color_lookup_table(keys: np.ndarray, train_ids: np.ndarray, default: int) -> tf.lookup.StaticHashTable:
+def color_lookup_table(keys: np.ndarray, train_ids: np.ndarray, default: int = -1) -> tf.lookup.StaticHashTable:
     init = tf.lookup.KeyValueTensorInitializer(
         tf.constant(keys, tf.int64), tf.constant(train_ids.astype(np.int64), tf.int64)
     )

@@ -87,7 +87,8 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
     total = source.split_size(config.split)
     try:
         with progress(total) if progress else contextlib.nullcontext() as bar:
-            for image, label in source.elements(config.split).as_numpy_iterator():
+            pairs = getattr(source, "evaluation_elements", source.elements)(config.split)
+            for image, label in pairs.as_numpy_iterator():
                 probs = _probabilities(infer, image, label.shape, config, (train_w, train_h))
                 pred = probs.argmax(-1)
                 valid = (label >= 0) & (label < num_classes)
@@ -115,7 +116,10 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
         "seconds": round(time.perf_counter() - start, 2),
     })
     if config.output:
-        write_json(config.output, result)
+        try:
+            write_json(config.output, result)
+        except OSError as e:  # e.g. a full disk: the previous file stays as it was
+            raise FcnsegError(f"--output {config.output}: cannot write: {e.strerror or e}") from None
     return result
 
 

@@ -27,7 +27,7 @@ from typing import Callable, ContextManager, Iterator
 
 import numpy as np
 
-from fcnseg import overlay as overlay_lib
+from fcnseg import imageio, overlay as overlay_lib
 from fcnseg.classes import ClassTable
 from fcnseg.errors import FcnsegError
 from fcnseg.files import atomic_write, ensure_writable_dir
@@ -264,7 +264,10 @@ def count_frames(files: list[str]) -> int:
 
 
 def iter_frames(files: list[str]) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
-    """Yield (name, RGB uint8 frame, None) or (path, None, error message), one frame at a time."""
+    """Yield (name, RGB uint8 frame, None) or (path, None, error message), one frame at a time.
+
+    Images are read by ``fcnseg.imageio``'s policy, as training reads them.
+    """
     import cv2
 
     used: set[str] = set()
@@ -290,11 +293,12 @@ def iter_frames(files: list[str]) -> Iterator[tuple[str, np.ndarray | None, str 
                 index += 1
             cap.release()
             continue
-        image = cv2.imread(path, cv2.IMREAD_COLOR)
-        if image is None:
-            yield path, None, f"{path}: not an image (or video) OpenCV can read"
+        try:  # the decode policy of every command: truncated => error, EXIF ignored, pixel limit
+            image = imageio.read_rgb(path)
+        except imageio.ImageError as e:
+            yield path, None, str(e)
         else:
-            yield stem, cv2.cvtColor(image, cv2.COLOR_BGR2RGB), None
+            yield stem, image, None
 
 
 def check_output_dir(path: str) -> None:

@@ -78,6 +78,10 @@ class DataSource:
         """Unbatched (uint8 image (H, W, 3), int32 train-id label (H, W)) pairs."""
         raise NotImplementedError
 
+    def evaluation_elements(self, split: str):
+        """The pairs ``fcnseg evaluate`` scores; labels at their own resolution (here: as ``elements``)."""
+        return self.elements(split)
+
     def dataset(self, split: str, batch_size: int, *, training: bool = False, augment=None,
                 seed: int | None = None, drop_remainder: bool = False):
         """The tf.data pipeline training and evaluation use.
@@ -185,10 +189,10 @@ class FileSource(DataSource):
         from fcnseg import data
 
         if self.label_format == "index":
-            lut = tf.constant(self.classes.id_to_train_id(65536))
+            lut = tf.constant(data.strict_id_lut(self.classes))
             return lambda path: data.read_index_label(path, lut)
         keys, train_ids = self.classes.color_keys()
-        table = data.color_lookup_table(keys, train_ids, self.ignore_label)
+        table = data.color_lookup_table(keys, train_ids)
         return lambda path: data.read_color_label(path, table)
 
     def elements(self, split: str, shuffle: bool = False, seed: int = 0):
@@ -196,19 +200,11 @@ class FileSource(DataSource):
 
         from fcnseg import data
 
-        samples = [s for s in self.cached_samples(split) if s.label is not None]
-        if not samples:
-            raise FcnsegError(f"{self.name}: no labelled {split} samples under {self.data_dir}")
+        # Once decoded into memory, the files are not needed (nor checked) again.
+        samples = self.readable_samples(split, opened=split not in self._decoded)
         images = [s.image for s in samples]
-        labels = [s.label for s in samples]
-        ds = tf.data.Dataset.from_tensor_slices((images, labels))
-        decode_label = self.label_decoder()
-        allow_resize = self.labels_resized
-
-        def load(image_path, label_path):
-            image = data.read_image(image_path)
-            label = data.match_label_size(image, decode_label(label_path), label_path, allow_resize)
-            return image, label
+        ds = tf.data.Dataset.from_tensor_slices((images, [s.label for s in samples]))
+        load = self.loader(keep_label_size=False)
 
         def uncached():
             # Shuffle paths, not pixels: a buffer of decoded images would not fit either.
@@ -235,6 +231,48 @@ class FileSource(DataSource):
         if shuffle:
             ds = ds.shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
         return ds.map(lambda i, l: (i, tf.cast(l, tf.int32)), num_parallel_calls=data.AUTOTUNE)
+
+    def readable_samples(self, split: str, opened: bool = True) -> list[Sample]:
+        """The split's labelled samples; with ``opened`` every file is proven openable now: a
+        permission or a symlink loop would otherwise surface mid-epoch as a TensorFlow error."""
+        samples = [s for s in self.cached_samples(split) if s.label is not None]
+        if not samples:
+            raise FcnsegError(f"{self.name}: no labelled {split} samples under {self.data_dir}")
+        for path in (p for s in samples for p in (s.image, s.label) if opened):
+            try:
+                os.close(os.open(path, os.O_RDONLY))
+            except OSError as e:
+                raise FcnsegError(f"{path}: cannot be read: {e.strerror or e}") from None
+        return samples
+
+    def loader(self, keep_label_size: bool):
+        """(image path, label path) -> (uint8 image, int32 train ids), every label value checked.
+        The label gets its image's size (nearest neighbour) unless ``keep_label_size``."""
+        from fcnseg import data
+
+        decode_label = self.label_decoder()
+        allow_resize = self.labels_resized
+        num_classes, ignore = self.num_classes, self.ignore_label
+
+        def load(image_path, label_path):
+            image = data.read_image(image_path)
+            label = data.check_train_ids(decode_label(label_path), label_path, num_classes, ignore)
+            if keep_label_size and allow_resize:
+                return image, label
+            return image, data.match_label_size(image, label, label_path, allow_resize)
+
+        return load
+
+    def evaluation_elements(self, split: str):
+        """(image, label) pairs with each label at its own resolution (which may exceed its
+        image's), as ``fcnseg evaluate`` scores them; decoded afresh, not cached."""
+        import tensorflow as tf
+
+        from fcnseg import data
+
+        samples = self.readable_samples(split)
+        ds = tf.data.Dataset.from_tensor_slices(([s.image for s in samples], [s.label for s in samples]))
+        return ds.map(self.loader(keep_label_size=True), num_parallel_calls=data.AUTOTUNE)
 
     def _fits_in_memory(self, first_image: str, count: int, bytes_per_pixel: int) -> bool:
         """Whether ``count`` images the size of ``first_image`` (decoded) fit in ``cache_bytes``."""

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from fcnseg.classes import ClassTable, table
 from fcnseg.errors import FcnsegError
 from fcnseg.source import FileSource, Sample, option_value
@@ -157,15 +159,16 @@ class Cityscapes(FileSource):
     def label_decoder(self):
         import tensorflow as tf
 
-        # Row 0 maps labelIds, row 1 passes labelTrainIds through (anything not a
-        # train id, e.g. 255, is void); the file name says which a label is.
-        identity = [i if i < self.num_classes else self.ignore_label for i in range(256)]
-        luts = tf.constant([self.classes.id_to_train_id(256).tolist(), identity], tf.int32)
+        from fcnseg import data
+
+        # Row 0 maps labelIds, row 1 labelTrainIds (0..18, 255 void); the file name says which a
+        # label is. Any other value is -1, which the pipeline refuses naming the file.
+        luts = tf.constant(np.stack([data.strict_id_lut(self.classes), data.strict_id_lut(TRAIN_ID_CLASSES)]))
 
         def decode(path):
-            raw = tf.io.decode_png(tf.io.read_file(path), channels=1)[..., 0]
+            ids = data.decode_index_png(data.read_checked(path), path)
             row = tf.cast(tf.strings.regex_full_match(path, r".*_labelTrainIds\.png"), tf.int32)
-            return tf.gather(luts[row], tf.cast(raw, tf.int32))
+            return data.lookup_ids(luts[row], ids, path)
         return decode
 
 

@@ -164,21 +164,21 @@ class FolderSource(FileSource):
         from fcnseg import data
 
         if self.label_format == "index":
-            lut = tf.constant(self.classes.id_to_train_id(65536))
+            lut = tf.constant(data.strict_id_lut(self.classes))
         else:
             keys, train_ids = self.classes.color_keys()
-            colors = data.color_lookup_table(keys, train_ids, self.ignore_label)
+            colors = data.color_lookup_table(keys, train_ids)
 
         def decode(path):
-            raw = tf.io.read_file(path)
+            raw = data.read_checked(path)
             is_png = tf.strings.regex_full_match(tf.strings.lower(path), r".*\.png")
             if self.label_format == "index":
                 # GIF/BMP masks (Carvana's are GIFs) are 8-bit grey, decoded as RGB.
-                ids = tf.cond(is_png, lambda: data.decode_index_png(raw),
+                ids = tf.cond(is_png, lambda: data.decode_index_png(raw, path),
                               lambda: tf.cast(tf.io.decode_image(raw, 3, expand_animations=False)[..., 0], tf.int32))
-                return tf.gather(lut, ids)
+                return data.lookup_ids(lut, ids, path)
             rgb = tf.cast(tf.io.decode_image(raw, 3, expand_animations=False), tf.int64)
-            return tf.cast(colors.lookup(rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]), tf.int32)
+            return data.lookup_colors(rgb, colors, path)
 
         return decode
 

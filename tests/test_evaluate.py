@@ -1,6 +1,7 @@
 """`fcnseg evaluate` and the metrics behind it, checked against independent implementations."""
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -177,3 +178,59 @@ def test_evaluate_bad_inputs(tiny_checkpoint, tmp_path):
     cv2.imwrite(str(camvid / "valannot" / "a.png"), np.zeros((8, 8), np.uint8))
     result = _run("evaluate", "--checkpoint", str(path), "--data-source", "camvid", "--data-dir", str(camvid))
     assert result.exit_code != 0 and "predicts 6 classes" in result.output and "camvid" in result.output
+
+
+def _cityscapes_checkpoint(path, size=(32, 16)):
+    from fcnseg import checkpoint
+    from fcnseg.models import linknet
+    from fcnseg.sources.cityscapes import CLASSES
+
+    import keras
+
+    keras.utils.set_random_seed(5)
+    model = linknet(CLASSES.num_classes, width=0.125)
+    checkpoint.save(model, str(path), {"model": "linknet", "config": {}, "source": {
+        "name": "cityscapes", "image_size": list(size), "classes": CLASSES.to_json()}})
+    return model
+
+
+def _independent_confusion(model, images, labels, train_size):
+    """Probabilities at the training size, upsampled bilinearly to each label's own size."""
+    import tensorflow as tf
+
+    from fcnseg.sources.cityscapes import CLASSES
+
+    lut, n = CLASSES.id_to_train_id(256), CLASSES.num_classes
+    cm = np.zeros((n, n), np.int64)
+    for image, ids in zip(images, labels):
+        small = tf.image.resize(image[None].astype(np.float32), train_size[::-1], antialias=True)
+        probs = tf.nn.softmax(model(small, training=False))
+        pred = tf.image.resize(probs, ids.shape, method="bilinear")[0].numpy().argmax(-1)
+        gt = lut[ids]
+        v = gt < n
+        cm += np.bincount(gt[v].astype(int) * n + pred[v], minlength=n * n).reshape(n, n)
+    return cm
+
+
+def test_evaluate_scores_cityscapes_labels_at_their_own_resolution(tmp_path):
+    """Labels twice their images' size (the artyze layout): every label pixel is scored."""
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for k, stem in enumerate(["aachen_000000_000019", "aachen_000001_000019"]):
+        image = rng.integers(0, 255, (24, 40, 3), np.uint8)
+        ids = np.kron(rng.choice([7, 8, 11, 26, 0], (12, 20)), np.ones((4, 4), int)).astype(np.uint8)  # 80x48
+        for folder, name, array in (("leftImg8bit", "leftImg8bit", image[..., ::-1]),
+                                    ("gtFine", "gtFine_labelIds", ids)):
+            os.makedirs(tmp_path / folder / "val" / "aachen", exist_ok=True)
+            cv2.imwrite(str(tmp_path / folder / "val" / "aachen" / f"{stem}_{name}.png"), array)
+        images.append(image)
+        labels.append(ids)
+    model = _cityscapes_checkpoint(tmp_path / "cs.keras")
+    out = tmp_path / "eval.json"
+    result = _run("evaluate", "--checkpoint", str(tmp_path / "cs.keras"), "--data-source", "cityscapes",
+                  "--data-dir", str(tmp_path), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    got = np.array(json.loads(out.read_text())["confusion_matrix"])
+    non_void = sum(int(((ids != 0)).sum()) for ids in labels)  # id 0 (unlabeled) is void
+    assert got.sum() == non_void  # label resolution: 80x48 per frame, not the images' 40x24
+    np.testing.assert_array_equal(got, _independent_confusion(model, images, labels, (32, 16)))

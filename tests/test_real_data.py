@@ -117,3 +117,33 @@ def test_kitti_lane_sample_loads_with_its_three_colours():
             expected = np.select([(rgb == (255, 0, 255)).all(-1), (rgb == (255, 0, 0)).all(-1)], [1, 0], 255)
             np.testing.assert_array_equal(label[0], expected, err_msg=sample.label)
             assert set(np.unique(label).tolist()) <= {0, 1, 255}
+
+
+def test_evaluate_scores_artyze_cityscapes_at_label_resolution(tmp_path):
+    """leftImg8bit 1024x512 beside gtFine labelIds 2048x1024: every one of the label's pixels is scored."""
+    import json
+
+    from click.testing import CliRunner
+
+    from fcnseg import checkpoint
+    from fcnseg.cli import main
+    from fcnseg.models import linknet
+    from fcnseg.sources.cityscapes import CLASSES
+
+    root = shared_data("cityscapes-samples", "artyze")
+    labels = sorted(glob.glob(str(root / "gtFine/train/*/*_gtFine_labelIds.png")))
+    images = sorted(glob.glob(str(root / "leftImg8bit/train/*/*_leftImg8bit.png")))
+    assert labels and len(labels) == len(images)
+    assert cv2.imread(images[0]).shape[:2] == (512, 1024) and cv2.imread(labels[0], -1).shape == (1024, 2048)
+    ckpt = tmp_path / "cs.keras"
+    checkpoint.save(linknet(CLASSES.num_classes, width=0.125), str(ckpt), {"model": "linknet", "config": {},
+                    "source": {"name": "cityscapes", "image_size": [64, 32], "classes": CLASSES.to_json()}})
+    out = tmp_path / "eval.json"
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(ckpt), "--data-source", "cityscapes",
+                                       "--data-dir", str(root), "--split", "train", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    got = json.loads(out.read_text())
+    lut = CLASSES.id_to_train_id(256)
+    non_void = sum(int((lut[cv2.imread(p, cv2.IMREAD_UNCHANGED)] < CLASSES.num_classes).sum()) for p in labels)
+    assert got["images"] == len(labels)
+    assert np.array(got["confusion_matrix"]).sum() == non_void  # at 2048x1024, not the images' 1024x512
