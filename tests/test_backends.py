@@ -56,7 +56,6 @@ def test_models_losses_and_metric_import_and_run_without_tensorflow():
     the values TensorFlow computes."""
     code = f"""
 import json, sys
-sys.argv = ["x", "none", "none", "none"]
 sys.path.insert(0, {str(WORKER.parent)!r})
 import backend_worker  # installs the blocker
 try:
