@@ -7,20 +7,27 @@ averages over all pixels, void included): every loss here drops labels outside
 over the whole batch per class, then averaged over classes present in the
 batch's labels or predictions.
 
+Each loss is a registered ``keras.losses.Loss`` written with ``keras.ops``, so
+it goes to ``model.compile`` under any Keras backend and is saved with the
+model. Each returns one scalar per batch: ``sample_weight`` has no per-pixel
+meaning here (give void labels, or class weights, instead).
+
 A loss spec is a weighted sum such as ``"ce"``, ``"ce+dice"`` or
-``"ce+0.5*fbeta"``.
+``"ce+0.5*dice"``; :func:`make_loss` turns one into a loss.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-import tensorflow as tf
+import keras
+import numpy as np
+from keras import ops
 
 from fcnseg.errors import FcnsegError
 
-LossFn = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+LossFn = Callable[[Any, Any], Any]
 EPS = 1e-6
 
 
@@ -33,102 +40,198 @@ class LossOptions:
     tversky_beta: float = 0.7  # Tversky weight of false negatives
 
 
-def _valid(labels: tf.Tensor, num_classes: int) -> tuple[tf.Tensor, tf.Tensor]:
-    labels = tf.cast(labels, tf.int32)
-    valid = (labels >= 0) & (labels < num_classes)
-    return valid, tf.where(valid, labels, 0)
+def _valid(labels, num_classes: int):
+    labels = ops.cast(labels, "int32")
+    valid = ops.logical_and(labels >= 0, labels < num_classes)
+    return valid, ops.where(valid, labels, 0)
 
 
-def masked_cross_entropy(num_classes: int, class_weights: Sequence[float] | None = None) -> LossFn:
+def _floats(values: Sequence[float] | float | None) -> list[float] | None:
+    return None if values is None else [float(v) for v in np.ravel(values)]
+
+
+class _SegmentationLoss(keras.losses.Loss):
+    """A loss over logits and integer labels that knows its class count."""
+
+    def __init__(self, num_classes: int, name: str | None = None, **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_classes": self.num_classes}
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class MaskedCrossEntropy(_SegmentationLoss):
     """Softmax cross-entropy averaged over non-void pixels.
 
     With class weights the loss is ``sum(w[y] * ce) / sum(w[y])`` (Caffe's and
     PyTorch's normalisation), so weights change the balance between classes,
     not the effective learning rate.
+
+    Example:
+        >>> model.compile("adam", loss=MaskedCrossEntropy(12, class_weights=[1.0] * 12))
     """
-    weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
 
-    def loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-        valid, safe = _valid(labels, num_classes)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(safe, tf.cast(logits, tf.float32))
-        w = tf.cast(valid, tf.float32)
-        if weights is not None:
-            w = w * tf.gather(weights, safe)
-        return tf.reduce_sum(ce * w) / tf.maximum(tf.reduce_sum(w), EPS)
+    def __init__(self, num_classes: int, class_weights: Sequence[float] | None = None,
+                 name: str = "masked_cross_entropy", **kwargs):
+        super().__init__(num_classes, name=name, **kwargs)
+        self.class_weights = _floats(class_weights)
 
-    return loss
+    def call(self, y_true, y_pred):
+        valid, safe = _valid(y_true, self.num_classes)
+        ce = ops.sparse_categorical_crossentropy(safe, ops.cast(y_pred, "float32"), from_logits=True)
+        w = ops.cast(valid, "float32")
+        if self.class_weights is not None:
+            w = w * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), safe)
+        return ops.sum(ce * w) / ops.maximum(ops.sum(w), EPS)
 
-
-def focal(num_classes: int, gamma: float = 2.0, class_weights: Sequence[float] | None = None) -> LossFn:
-    """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true)^gamma."""
-    weights = None if class_weights is None else tf.constant(class_weights, tf.float32)
-
-    def loss(labels, logits):
-        valid, safe = _valid(labels, num_classes)
-        logp = tf.nn.log_softmax(tf.cast(logits, tf.float32))
-        logp_t = tf.gather(logp, safe, batch_dims=safe.shape.rank)
-        w = tf.cast(valid, tf.float32) * (1 - tf.exp(logp_t)) ** gamma
-        norm = tf.cast(valid, tf.float32)
-        if weights is not None:
-            w, norm = w * tf.gather(weights, safe), norm * tf.gather(weights, safe)
-        return -tf.reduce_sum(w * logp_t) / tf.maximum(tf.reduce_sum(norm), EPS)
-
-    return loss
+    def get_config(self) -> dict:
+        return {**super().get_config(), "class_weights": self.class_weights}
 
 
-def _soft_counts(labels, logits, num_classes):
+@keras.saving.register_keras_serializable(package="fcnseg")
+class FocalLoss(_SegmentationLoss):
+    """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true)^gamma, void ignored."""
+
+    def __init__(self, num_classes: int, gamma: float = 2.0, class_weights: Sequence[float] | None = None,
+                 name: str = "focal", **kwargs):
+        super().__init__(num_classes, name=name, **kwargs)
+        self.gamma = float(gamma)
+        self.class_weights = _floats(class_weights)
+
+    def call(self, y_true, y_pred):
+        valid, safe = _valid(y_true, self.num_classes)
+        logp = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
+        logp_t = ops.take_along_axis(logp, ops.expand_dims(safe, -1), axis=-1)[..., 0]
+        norm = ops.cast(valid, "float32")
+        w = norm * ops.power(1.0 - ops.exp(logp_t), self.gamma)
+        if self.class_weights is not None:
+            cw = ops.take(ops.convert_to_tensor(self.class_weights, "float32"), safe)
+            w, norm = w * cw, norm * cw
+        return -ops.sum(w * logp_t) / ops.maximum(ops.sum(norm), EPS)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "gamma": self.gamma, "class_weights": self.class_weights}
+
+
+def _soft_counts(labels, logits, num_classes: int):
     """Per-class soft TP, predicted mass and true mass over non-void pixels."""
     valid, safe = _valid(labels, num_classes)
-    mask = tf.cast(valid, tf.float32)[..., None]
-    probs = tf.nn.softmax(tf.cast(logits, tf.float32)) * mask
-    onehot = tf.one_hot(safe, num_classes) * mask
-    axes = tf.range(tf.rank(probs) - 1)
-    tp = tf.reduce_sum(probs * onehot, axes)
-    return tp, tf.reduce_sum(probs, axes), tf.reduce_sum(onehot, axes)
+    mask = ops.expand_dims(ops.cast(valid, "float32"), -1)
+    probs = ops.softmax(ops.cast(logits, "float32"), axis=-1) * mask
+    onehot = ops.one_hot(safe, num_classes, dtype="float32") * mask
+    axes = tuple(range(len(probs.shape) - 1))
+    return ops.sum(probs * onehot, axis=axes), ops.sum(probs, axis=axes), ops.sum(onehot, axis=axes)
 
 
 def _mean_over_present(score, pred_mass, true_mass):
-    present = tf.cast((true_mass + pred_mass) > 0.5, tf.float32)
-    return tf.reduce_sum(score * present) / tf.maximum(tf.reduce_sum(present), 1.0)
+    present = ops.cast((true_mass + pred_mass) > 0.5, "float32")
+    return ops.sum(score * present) / ops.maximum(ops.sum(present), 1.0)
 
 
-def dice(num_classes: int) -> LossFn:
-    """Soft Dice loss: 1 - mean_c 2|P∩Y| / (|P| + |Y|)."""
+@keras.saving.register_keras_serializable(package="fcnseg")
+class DiceLoss(_SegmentationLoss):
+    """Soft Dice loss: 1 - mean_c 2|P∩Y| / (|P| + |Y|), void ignored."""
 
-    def loss(labels, logits):
-        tp, p, y = _soft_counts(labels, logits, num_classes)
+    def __init__(self, num_classes: int, name: str = "dice", **kwargs):
+        super().__init__(num_classes, name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        tp, p, y = _soft_counts(y_true, y_pred, self.num_classes)
         return 1.0 - _mean_over_present((2 * tp + EPS) / (p + y + EPS), p, y)
 
-    return loss
 
-
-def fbeta(num_classes: int, beta: Sequence[float] | float = 1.0) -> LossFn:
-    """Soft F-beta loss with one beta per class (beta > 1 favours recall).
+@keras.saving.register_keras_serializable(package="fcnseg")
+class FBetaLoss(_SegmentationLoss):
+    """Soft F-beta loss with one beta per class (beta > 1 favours recall), void ignored.
 
     F_c = (1 + b^2) TP / (b^2 |Y| + |P|); loss = 1 - mean_c F_c.
     """
-    betas = tf.broadcast_to(tf.constant(beta, tf.float32), [num_classes])
-    b2 = betas * betas
 
-    def loss(labels, logits):
-        tp, p, y = _soft_counts(labels, logits, num_classes)
+    def __init__(self, num_classes: int, beta: Sequence[float] | float = 1.0, name: str = "fbeta", **kwargs):
+        super().__init__(num_classes, name=name, **kwargs)
+        self.beta = [float(b) for b in np.broadcast_to(np.asarray(beta, np.float32), (self.num_classes,))]
+
+    def call(self, y_true, y_pred):
+        b2 = ops.square(ops.convert_to_tensor(self.beta, "float32"))
+        tp, p, y = _soft_counts(y_true, y_pred, self.num_classes)
         return 1.0 - _mean_over_present(((1 + b2) * tp + EPS) / (b2 * y + p + EPS), p, y)
 
-    return loss
+    def get_config(self) -> dict:
+        return {**super().get_config(), "beta": self.beta}
 
 
-def tversky(num_classes: int, alpha: float = 0.3, beta: float = 0.7) -> LossFn:
-    """Tversky loss (Salehi et al. 2017): TP / (TP + alpha FP + beta FN)."""
+@keras.saving.register_keras_serializable(package="fcnseg")
+class TverskyLoss(_SegmentationLoss):
+    """Tversky loss (Salehi et al. 2017): 1 - TP / (TP + alpha FP + beta FN), void ignored."""
 
-    def loss(labels, logits):
-        tp, p, y = _soft_counts(labels, logits, num_classes)
+    def __init__(self, num_classes: int, alpha: float = 0.3, beta: float = 0.7, name: str = "tversky", **kwargs):
+        super().__init__(num_classes, name=name, **kwargs)
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def call(self, y_true, y_pred):
+        tp, p, y = _soft_counts(y_true, y_pred, self.num_classes)
         fp, fn = p - tp, y - tp
-        return 1.0 - _mean_over_present((tp + EPS) / (tp + alpha * fp + beta * fn + EPS), p, y)
+        return 1.0 - _mean_over_present((tp + EPS) / (tp + self.alpha * fp + self.beta * fn + EPS), p, y)
 
-    return loss
+    def get_config(self) -> dict:
+        return {**super().get_config(), "alpha": self.alpha, "beta": self.beta}
 
 
-def _builders(num_classes: int, opts: LossOptions) -> dict[str, Callable[[], LossFn]]:
+@keras.saving.register_keras_serializable(package="fcnseg")
+class WeightedSum(keras.losses.Loss):
+    """``sum_i weights[i] * losses[i](y_true, y_pred)``; saved with its parts.
+
+    Example:
+        >>> loss = WeightedSum([MaskedCrossEntropy(12), DiceLoss(12)], [1.0, 0.5])
+    """
+
+    def __init__(self, losses: Sequence[keras.losses.Loss | dict], weights: Sequence[float] | None = None,
+                 name: str = "weighted_sum", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.losses = [keras.saving.deserialize_keras_object(p) if isinstance(p, dict) else p for p in losses]
+        self.weights = [1.0] * len(self.losses) if weights is None else [float(w) for w in weights]
+        if len(self.weights) != len(self.losses):
+            raise ValueError(f"{len(self.losses)} losses but {len(self.weights)} weights")
+
+    def call(self, y_true, y_pred):
+        total = 0.0
+        for w, part in zip(self.weights, self.losses):
+            total = total + w * part(y_true, y_pred)
+        return total
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "weights": self.weights,
+                "losses": [keras.saving.serialize_keras_object(p) for p in self.losses]}
+
+
+def masked_cross_entropy(num_classes: int, class_weights: Sequence[float] | None = None) -> MaskedCrossEntropy:
+    """:class:`MaskedCrossEntropy`, called as ``loss(labels, logits)``."""
+    return MaskedCrossEntropy(num_classes, class_weights)
+
+
+def focal(num_classes: int, gamma: float = 2.0, class_weights: Sequence[float] | None = None) -> FocalLoss:
+    """:class:`FocalLoss`, called as ``loss(labels, logits)``."""
+    return FocalLoss(num_classes, gamma, class_weights)
+
+
+def dice(num_classes: int) -> DiceLoss:
+    """:class:`DiceLoss`, called as ``loss(labels, logits)``."""
+    return DiceLoss(num_classes)
+
+
+def fbeta(num_classes: int, beta: Sequence[float] | float = 1.0) -> FBetaLoss:
+    """:class:`FBetaLoss`, called as ``loss(labels, logits)``."""
+    return FBetaLoss(num_classes, beta)
+
+
+def tversky(num_classes: int, alpha: float = 0.3, beta: float = 0.7) -> TverskyLoss:
+    """:class:`TverskyLoss`, called as ``loss(labels, logits)``."""
+    return TverskyLoss(num_classes, alpha, beta)
+
+
+def _builders(num_classes: int, opts: LossOptions) -> dict[str, Callable[[], keras.losses.Loss]]:
     return {
         "ce": lambda: masked_cross_entropy(num_classes, opts.class_weights),
         "dice": lambda: dice(num_classes),
@@ -157,14 +260,14 @@ def parse_spec(spec: str) -> list[tuple[float, str]]:
     return terms
 
 
-def make_loss(spec: str, num_classes: int, opts: LossOptions = LossOptions()) -> LossFn:
-    """The weighted sum of losses that ``spec`` names."""
+def make_loss(spec: str, num_classes: int, opts: LossOptions = LossOptions()) -> WeightedSum:
+    """The weighted sum of losses that ``spec`` names, as one :class:`WeightedSum`.
+
+    Example:
+        >>> model.compile("adam", loss=make_loss("ce+0.5*dice", 12))
+    """
     if isinstance(opts.fbeta, tuple) and len(opts.fbeta) not in (1, num_classes):
         raise FcnsegError(f"--fbeta has {len(opts.fbeta)} values but there are {num_classes} classes")
     builders = _builders(num_classes, opts)
-    parts = [(w, builders[name]()) for w, name in parse_spec(spec)]
-
-    def loss(labels, logits):
-        return tf.add_n([w * fn(labels, logits) for w, fn in parts])
-
-    return loss
+    terms = parse_spec(spec)
+    return WeightedSum([builders[name]() for _, name in terms], [w for w, _ in terms], name="loss")

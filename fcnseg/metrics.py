@@ -20,22 +20,105 @@ enter the matrix.
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
+
+# The streaming matrix is kept as high * 2**30 + low in two int32 variables:
+# int64 variables do not exist under JAX's default 32-bit mode, float32 counts
+# stop being exact at 2**24 pixels (one CamVid split), and int32 overflows
+# within a Cityscapes epoch.
+_LOW_BITS = 30
 
 
-def batch_confusion(labels: tf.Tensor, logits_or_pred: tf.Tensor, num_classes: int) -> tf.Tensor:
-    """(C, C) int64 confusion matrix of one batch, void pixels dropped."""
-    if logits_or_pred.shape.rank == labels.shape.rank + 1:
-        pred = tf.argmax(logits_or_pred, axis=-1, output_type=tf.int32)
-    else:
-        pred = tf.cast(logits_or_pred, tf.int32)
-    labels = tf.cast(labels, tf.int32)
-    valid = (labels >= 0) & (labels < num_classes)
-    idx = tf.boolean_mask(labels, valid) * num_classes + tf.boolean_mask(pred, valid)
-    counts = tf.math.bincount(idx, minlength=num_classes * num_classes, maxlength=num_classes * num_classes,
-                              dtype=tf.int64)
-    return tf.reshape(counts, (num_classes, num_classes))
+def batch_confusion(labels: Any, logits_or_pred: Any, num_classes: int) -> Any:
+    """(C, C) int32 confusion matrix of one batch, void pixels dropped.
+
+    ``logits_or_pred`` is either logits (one more axis than ``labels``) or
+    predicted class ids. Written with ``keras.ops``: runs under any backend,
+    inside ``tf.function`` or ``jax.jit``.
+    """
+    if len(logits_or_pred.shape) == len(labels.shape) + 1:
+        logits_or_pred = ops.argmax(logits_or_pred, axis=-1)
+    pred = ops.reshape(ops.cast(logits_or_pred, "int32"), (-1,))
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    valid = ops.logical_and(labels >= 0, labels < num_classes)
+    # Void pixels go to one extra bin that is dropped; a segment sum keeps the
+    # output shape static (JAX cannot trace a bincount).
+    cells = num_classes * num_classes
+    idx = ops.where(valid, labels * num_classes + pred, cells)
+    counts = ops.segment_sum(ops.cast(valid, "int32"), idx, num_segments=cells + 1)
+    return ops.reshape(counts[:cells], (num_classes, num_classes))
+
+
+def _iou_from_counts(cm):
+    tp = ops.diagonal(cm)
+    union = ops.sum(cm, axis=0) + ops.sum(cm, axis=1) - tp
+    return tp / ops.maximum(union, 1.0), ops.cast(union > 0, cm.dtype)
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class StreamingIoU(keras.metrics.Metric):
+    """Mean IoU from one confusion matrix accumulated over every batch seen.
+
+    ``update_state(labels, logits)`` takes integer labels (B, H, W) and logits
+    (B, H, W, C) or predicted ids (B, H, W); labels outside 0..C-1 (void) are
+    left out. ``result()`` is the mean IoU over classes present in the labels
+    or the predictions, as :func:`scores` computes it; :meth:`scores` and
+    :meth:`per_class_iou` give per-class results of the exact integer matrix.
+
+    Example:
+        >>> model.compile("adam", loss=MaskedCrossEntropy(12), metrics=[StreamingIoU(12)])
+        >>> model.fit(...)
+        >>> model.get_metrics_result()["mean_iou"]
+    """
+
+    def __init__(self, num_classes: int, name: str = "mean_iou", dtype: str | None = None):
+        super().__init__(name=name, dtype=dtype)
+        self.num_classes = int(num_classes)
+        shape = (self.num_classes, self.num_classes)
+        self.counts_low = self.add_variable(shape, "zeros", dtype="int32", name="counts_low")
+        self.counts_high = self.add_variable(shape, "zeros", dtype="int32", name="counts_high")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            raise ValueError("StreamingIoU takes no sample_weight: give left-out pixels a void label")
+        # A batch adds under 2**30 to a cell, so low + batch stays within int32.
+        total = self.counts_low + batch_confusion(y_true, y_pred, self.num_classes)
+        self.counts_high.assign(self.counts_high + ops.floor_divide(total, 2**_LOW_BITS))
+        self.counts_low.assign(ops.mod(total, 2**_LOW_BITS))
+
+    def result(self):
+        cm = (ops.cast(self.counts_high, "float32") * float(2**_LOW_BITS)
+              + ops.cast(self.counts_low, "float32"))
+        iou, present = _iou_from_counts(cm)
+        return ops.sum(iou * present) / ops.maximum(ops.sum(present), 1.0)
+
+    def reset_state(self):
+        for v in (self.counts_low, self.counts_high):
+            v.assign(ops.zeros(v.shape, "int32"))
+
+    def confusion_matrix(self) -> np.ndarray:
+        """The accumulated (C, C) int64 matrix, ``cm[true, pred]``."""
+        high = np.asarray(ops.convert_to_numpy(self.counts_high), np.int64)
+        return (high << _LOW_BITS) + np.asarray(ops.convert_to_numpy(self.counts_low), np.int64)
+
+    def scores(self, class_names: Sequence[str] | None = None) -> dict:
+        """Every figure of :func:`scores` for the accumulated matrix (per class and averaged)."""
+        return scores(self.confusion_matrix(), class_names)
+
+    def per_class_iou(self) -> np.ndarray:
+        """IoU of each class, NaN for a class absent from labels and predictions."""
+        cm = self.confusion_matrix().astype(np.float64)
+        tp = np.diag(cm)
+        union = cm.sum(0) + cm.sum(1) - tp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(union > 0, tp / union, np.nan)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_classes": self.num_classes}
 
 
 def scores(cm: np.ndarray, class_names: list[str] | tuple[str, ...] | None = None, beta: float = 1.0) -> dict:

@@ -1,9 +1,10 @@
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from fcnseg.classes import ClassTable, median_frequency_weights, table
-from fcnseg.metrics import batch_confusion, scores
+from fcnseg.metrics import StreamingIoU, batch_confusion, scores
 
 TABLE = table([("road", 7, 0, (128, 64, 128)), ("car", 26, 1, (0, 0, 142)),
                ("void", 0, 255, (0, 0, 0)), ("ego", 1, 255, (0, 0, 0))])
@@ -64,3 +65,43 @@ def test_median_frequency_weights_hand_computed():
     freq = np.array([0.6, 0.2, 0.1])
     assert w == pytest.approx(np.median(freq) / freq)
     assert median_frequency_weights(np.array([5, 0]), np.array([10, 0]))[1] == 0
+
+
+# --- StreamingIoU, the keras.metrics.Metric ----------------------------------------
+
+
+def test_streaming_iou_accumulates_one_matrix_over_batches_and_ignores_void():
+    rng = np.random.default_rng(0)
+    metric = StreamingIoU(3)
+    total = np.zeros((3, 3), np.int64)
+    for seed in range(3):
+        labels = rng.integers(0, 5, (2, 4, 6))  # 3 and 4 are void
+        labels[0, 0, 0] = 255
+        logits = rng.normal(size=(2, 4, 6, 3)).astype("float32")
+        metric.update_state(labels, logits)
+        total += batch_confusion(labels, logits, 3).numpy()
+    np.testing.assert_array_equal(metric.confusion_matrix(), total)
+    expected = scores(total, ["a", "b", "c"])
+    # mean IoU of the split's summed matrix, not a mean of per-batch scores
+    assert float(metric.result()) == pytest.approx(expected["mean_iou"], rel=1e-6)
+    assert metric.scores(["a", "b", "c"]) == expected
+    np.testing.assert_allclose(metric.per_class_iou(), [expected["per_class"][n]["iou"] for n in "abc"])
+    metric.reset_state()
+    assert metric.confusion_matrix().sum() == 0 and float(metric.result()) == 0.0
+
+
+def test_streaming_iou_counts_past_int32_exactly():
+    """A cell carries into the high word at 2**30, so a split of billions of pixels stays exact."""
+    metric = StreamingIoU(2)
+    metric.counts_low.assign(np.array([[2**30 - 1, 0], [0, 5]], np.int32))
+    metric.counts_high.assign(np.array([[3, 0], [0, 0]], np.int32))
+    labels = np.array([[0, 0, 0, 1, 255]])
+    metric.update_state(labels, np.array([[0, 0, 0, 0, 1]]))  # ids, not logits
+    assert metric.confusion_matrix().tolist() == [[4 * 2**30 + 2, 0], [1, 5]]
+    assert int(np.asarray(metric.counts_low).max()) < 2**30
+    assert float(metric.result()) == pytest.approx(scores(metric.confusion_matrix())["mean_iou"], rel=1e-6)
+
+
+def test_streaming_iou_round_trips_its_config():
+    metric = keras.metrics.deserialize(keras.metrics.serialize(StreamingIoU(7, name="val_iou")))
+    assert type(metric) is StreamingIoU and metric.num_classes == 7 and metric.name == "val_iou"

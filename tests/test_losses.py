@@ -1,3 +1,6 @@
+import json
+
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -77,3 +80,81 @@ def test_all_void_batch_gives_zero_not_nan():
     logits = tf.zeros((1, 4, 4, C))
     for spec in losses.LOSS_NAMES:
         assert np.isfinite(float(losses.make_loss(spec, C)(labels, logits)))
+
+
+# --- keras.losses.Loss classes ---------------------------------------------------
+
+
+def _np_reference(spec, labels, logits, opts):
+    """The losses' formulas in numpy, void dropped: the numbers every backend must give."""
+    y, z = labels.numpy().ravel(), logits.numpy().reshape(-1, C).astype(np.float64)
+    keep = (y >= 0) & (y < C)
+    y, z = y[keep], z[keep]
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    logp_t = logp[np.arange(len(y)), y]
+    w = np.ones(C) if opts.class_weights is None else np.asarray(opts.class_weights)
+    if spec == "ce":
+        return (w[y] * -logp_t).sum() / w[y].sum()
+    if spec == "focal":
+        return (w[y] * (1 - np.exp(logp_t)) ** opts.focal_gamma * -logp_t).sum() / w[y].sum()
+    p, onehot = np.exp(logp), np.eye(C)[y]
+    tp, pm, ym = (p * onehot).sum(0), p.sum(0), onehot.sum(0)
+    eps = losses.EPS
+    if spec == "dice":
+        score = (2 * tp + eps) / (pm + ym + eps)
+    elif spec == "fbeta":
+        b2 = np.broadcast_to(np.asarray(opts.fbeta, np.float64), (C,)) ** 2
+        score = ((1 + b2) * tp + eps) / (b2 * ym + pm + eps)
+    else:
+        score = (tp + eps) / (tp + opts.tversky_alpha * (pm - tp) + opts.tversky_beta * (ym - tp) + eps)
+    present = (ym + pm) > 0.5
+    return 1 - score[present].mean()
+
+
+OPTS = losses.LossOptions(class_weights=(0.5, 2.0, 1.0), fbeta=(1.0, 2.0, 0.5), focal_gamma=1.5,
+                          tversky_alpha=0.4, tversky_beta=0.6)
+
+
+@pytest.mark.parametrize("spec", losses.LOSS_NAMES)
+def test_each_loss_matches_its_numpy_formula(spec):
+    labels, logits = _batch(5)
+    got = float(losses.make_loss(spec, C, OPTS)(labels, logits))
+    assert got == pytest.approx(_np_reference(spec, labels, logits, OPTS), rel=1e-5)
+
+
+def test_losses_are_serialisable_keras_losses():
+    """make_loss gives a keras Loss whose config rebuilds the same loss, parts and options included."""
+    labels, logits = _batch(6)
+    loss = losses.make_loss("ce+0.5*dice+2*fbeta+focal+tversky", C, OPTS)
+    assert isinstance(loss, keras.losses.Loss)
+    assert [type(p).__name__ for p in loss.losses] == [
+        "MaskedCrossEntropy", "DiceLoss", "FBetaLoss", "FocalLoss", "TverskyLoss"]
+    rebuilt = keras.losses.deserialize(json.loads(json.dumps(keras.losses.serialize(loss))))
+    assert type(rebuilt) is losses.WeightedSum and rebuilt.weights == [1.0, 0.5, 2.0, 1.0, 1.0]
+    assert rebuilt.losses[0].class_weights == [0.5, 2.0, 1.0] and rebuilt.losses[2].beta == [1.0, 2.0, 0.5]
+    assert float(rebuilt(labels, logits)) == pytest.approx(float(loss(labels, logits)), rel=1e-6)
+    expected = sum(w * _np_reference(s, labels, logits, OPTS)
+                   for w, s in ((1, "ce"), (0.5, "dice"), (2, "fbeta"), (1, "focal"), (1, "tversky")))
+    assert float(loss(labels, logits)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_compile_fit_and_reload_with_loss_and_metric(tmp_path):
+    """Plain model.compile / model.fit with fcnseg's loss and IoU metric; the compiled model reloads
+    with both, registered under the fcnseg package."""
+    from fcnseg.metrics import StreamingIoU
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(4, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, C, (4, 8, 8)).astype("int32")
+    y[:, 0] = 255
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(C, 3, padding="same")(inputs))
+    model.compile(keras.optimizers.SGD(0.1), loss=losses.make_loss("ce+dice", C), metrics=[StreamingIoU(C)])
+    history = model.fit(x, y, batch_size=2, epochs=3, verbose=0).history
+    assert history["loss"][-1] < history["loss"][0] and 0 < history["mean_iou"][-1] <= 1
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert type(reloaded.loss) is losses.WeightedSum
+    evaluated = reloaded.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
+    logits = model.predict(x, verbose=0)
+    assert evaluated["loss"] == pytest.approx(float(losses.make_loss("ce+dice", C)(y, logits)), rel=1e-4)

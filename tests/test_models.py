@@ -213,6 +213,32 @@ def test_patch_matmul_conv_falls_back_for_strides_and_keeps_bfloat16():
     assert y.dtype == tf.bfloat16 and bf16.kernel.dtype == "float32" and y.shape == (1, 8, 8, 2)
 
 
+def test_tensorflow_kernels_only_on_the_cpu(monkeypatch):
+    """On this CPU the fused batch norm and the matrix-product conv run; where TensorFlow sees a GPU the
+    same layer classes run Keras' own ops (cuDNN's batch norm and convolution), with the same results."""
+    from fcnseg.models import layers as layers_module
+
+    x = tf.constant(np.random.default_rng(6).normal(size=(2, 4, 6, 5)), tf.float32)
+    keras_bn, fused_bn = _bn_pair()
+    conv, patch = keras.layers.Conv2D(3, 3, padding="same"), PatchMatmulConv2D(3, 3, padding="same")
+    conv.build(x.shape)
+    patch.build(x.shape)
+    patch.set_weights(conv.get_weights())
+    spec = tf.TensorSpec((None, 4, 6, 5), tf.float32)
+
+    def bn_ops():
+        return {op.type for op in tf.function(lambda t: fused_bn(t, training=True)).get_concrete_function(spec)
+                .graph.get_operations()}
+
+    assert keras.backend.backend() == "tensorflow" and layers_module.fast_cpu_kernels()
+    assert "FusedBatchNormV3" in bn_ops() and "Conv2D" not in _graph_ops(patch, spec)
+    monkeypatch.setattr(layers_module, "_tensorflow_sees_gpu", lambda: True)
+    assert not layers_module.fast_cpu_kernels()
+    assert not any(op.startswith("FusedBatchNorm") for op in bn_ops()) and "Conv2D" in _graph_ops(patch, spec)
+    np.testing.assert_allclose(fused_bn(x, training=False), keras_bn(x, training=False), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(patch(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
 def test_fcn_saved_with_conv2d_fc6_loads_into_the_matmul_fc6(tmp_path, monkeypatch):
     """fc6 keeps Conv2D's kernel layout: an FCN saved before PatchMatmulConv2D reloads, and its weights
     give the new model the same logits."""

@@ -2,17 +2,20 @@
 
 Bilinear kernels for transposed convolutions (Long et al., "Fully Convolutional
 Networks for Semantic Segmentation", CVPR 2015, sec. 3.3), in-model input
-preprocessing, and the pad/crop pair that lets every model take any H x W.
-All custom layers are registered so a saved ``.keras`` model reloads.
+preprocessing, the pad/crop pair that lets every model take any H x W, and two
+layers with a faster TensorFlow CPU kernel. Everything is written with
+``keras.ops`` so the models run on every Keras backend; TensorFlow is imported
+only where its kernels are used. All custom layers are registered so a saved
+``.keras`` model reloads, under any backend.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 # ImageNet statistics. Caffe VGG weights expect BGR minus the per-channel mean
@@ -160,6 +163,27 @@ class CropToReference(keras.layers.Layer):
         return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
 
 
+def fast_cpu_kernels() -> bool:
+    """Whether the TensorFlow CPU kernels of the layers below are used.
+
+    True only under the TensorFlow backend in a process where TensorFlow sees
+    no GPU: the fused batch norm and the matrix-product convolution were
+    measured faster than Keras' own ops on CPUs only. On a GPU, cuDNN's batch
+    norm and convolution (which Keras' layers reach) stay until measured
+    otherwise; under JAX or PyTorch the layers are plain Keras layers. The
+    choice is made when a layer is called (traced), so a checkpoint written
+    under one backend or device loads and runs under any other.
+    """
+    return keras.backend.backend() == "tensorflow" and not _tensorflow_sees_gpu()
+
+
+@functools.cache
+def _tensorflow_sees_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
 @keras.saving.register_keras_serializable(package="fcnseg")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
     """``keras.layers.BatchNormalization`` on TensorFlow's fused kernel for NHWC maps.
@@ -173,7 +197,8 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     casting the map. LinkNet-ResNet18 trains 1.4x faster in float32 and 2.2x
     faster under mixed bfloat16 with it (README "Benchmarks"). Anything the
     fused kernel does not cover (masks, renorm, synchronized statistics,
-    another axis or rank) goes through the Keras layer unchanged.
+    another axis or rank), and every backend or device where
+    :func:`fast_cpu_kernels` is false, goes through the Keras layer unchanged.
     """
 
     def _fusable(self, inputs, mask) -> bool:
@@ -181,8 +206,13 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
                 and len(inputs.shape) == 4 and self.axis in (-1, 3))
 
     def call(self, inputs, training=None, mask=None):
-        if not self._fusable(inputs, mask):
+        if not (fast_cpu_kernels() and self._fusable(inputs, mask)):
             return super().call(inputs, training=training, mask=mask)
+        return self._fused_call(inputs, training)
+
+    def _fused_call(self, inputs, training):
+        import tensorflow as tf
+
         channels = inputs.shape[-1]
         gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
         beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
@@ -218,7 +248,8 @@ class PatchMatmulConv2D(keras.layers.Conv2D):
     matrix turns the layer into a single large GEMM forward and two backward.
     The kernel keeps Conv2D's (kh, kw, cin, cout) layout and name, so weights,
     checkpoints and converted VGG fc1 weights load unchanged. Strided,
-    dilated, grouped or channels-first convolutions go through Conv2D.
+    dilated, grouped or channels-first convolutions, and every backend or
+    device where :func:`fast_cpu_kernels` is false, go through Conv2D.
     """
 
     def _patchable(self) -> bool:
@@ -226,7 +257,7 @@ class PatchMatmulConv2D(keras.layers.Conv2D):
                 and tuple(self.dilation_rate) == (1, 1) and self.data_format == "channels_last")
 
     def convolution_op(self, inputs, kernel):
-        if not self._patchable():
+        if not (fast_cpu_kernels() and self._patchable()):
             return super().convolution_op(inputs, kernel)
         kh, kw = self.kernel_size
         cin = kernel.shape[2]

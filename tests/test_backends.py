@@ -1,0 +1,125 @@
+"""The models, losses and IoU metric on Keras' JAX backend, with TensorFlow not importable there.
+
+The backend is fixed per process, so each half runs in a subprocess
+(tests/backend_worker.py): TensorFlow saves a model, JAX (with every
+``tensorflow*`` import blocked) loads it, checks the logits, trains a few
+``model.fit`` steps with fcnseg's losses and metric and saves it again, and
+TensorFlow (on its fused CPU kernels) loads that and must give JAX's logits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax", reason="jax is not installed (pip install 'jax[cpu]', in the test extra)")
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("backend_worker.py")
+TOLERANCE = 1e-4
+# XLA's CPU optimisation passes cost most of the JAX side's time (each weight
+# initializer and the train step compile) and buy nothing on 64x64 inputs.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def _env(backend: str, block_tensorflow: bool = False) -> dict:
+    env = dict(os.environ, KERAS_BACKEND=backend, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip())
+    env.pop("FCNSEG_BLOCK_TENSORFLOW", None)
+    if block_tensorflow:
+        env["FCNSEG_BLOCK_TENSORFLOW"] = "1"
+    return env
+
+
+def _run(args: list[str], backend: str, block_tensorflow: bool = False, timeout: int = 600) -> dict:
+    proc = subprocess.run([sys.executable, *args], env=_env(backend, block_tensorflow), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["backend"] == backend
+    return report
+
+
+def _stage(stage: str, out: Path, names: list[str], backend: str, block_tensorflow: bool = False) -> dict:
+    return _run([str(WORKER), stage, str(out), ",".join(names)], backend, block_tensorflow)
+
+
+def test_models_losses_and_metric_import_and_run_without_tensorflow():
+    """Blocked, ``import tensorflow`` really fails, and fcnseg.models/losses/metrics still import and compute
+    the values TensorFlow computes."""
+    code = f"""
+import json, sys
+sys.argv = ["x", "none", "none", "none"]
+sys.path.insert(0, {str(WORKER.parent)!r})
+import backend_worker  # installs the blocker
+try:
+    import tensorflow
+    blocked = False
+except ImportError:
+    blocked = True
+import numpy as np
+from fcnseg import losses, metrics, models
+from fcnseg.models import layers
+rng = np.random.default_rng(0)
+y = rng.integers(0, 4, (2, 6, 5)); y[0, :2] = 255
+z = rng.normal(size=(2, 6, 5, 3)).astype("float32")
+opts = losses.LossOptions(class_weights=(0.5, 2.0, 1.0), fbeta=(1.0, 2.0, 0.5))
+values = {{s: float(losses.make_loss(s, 3, opts)(y, z)) for s in ("ce", "dice", "fbeta", "focal", "tversky")}}
+iou = metrics.StreamingIoU(3)
+iou.update_state(y, z)
+print(json.dumps({{"blocked": blocked, "tf": "tensorflow" in sys.modules, "fast": layers.fast_cpu_kernels(),
+                  "losses": values, "iou": float(iou.result()), "models": sorted(models.MODELS)}}))
+"""
+    env = _env("jax", block_tensorflow=True)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["blocked"] and not got["tf"] and not got["fast"]
+    assert got["models"] == ["fcn16s", "fcn32s", "fcn8s", "linknet"]
+
+    # The same numbers from this (TensorFlow) process.
+    from fcnseg import losses, metrics
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, (2, 6, 5))
+    y[0, :2] = 255
+    z = rng.normal(size=(2, 6, 5, 3)).astype("float32")
+    opts = losses.LossOptions(class_weights=(0.5, 2.0, 1.0), fbeta=(1.0, 2.0, 0.5))
+    for spec, value in got["losses"].items():
+        assert value == pytest.approx(float(losses.make_loss(spec, 3, opts)(y, z)), rel=1e-5), spec
+    assert got["iou"] == pytest.approx(metrics.scores(metrics.batch_confusion(y, z, 3).numpy())["mean_iou"],
+                                       rel=1e-6)
+
+
+def _round_trip(tmp_path: Path, names: list[str]) -> None:
+    saved = _stage("save", tmp_path, names, "tensorflow")["result"]
+    fitted = _stage("fit", tmp_path, names, "jax", block_tensorflow=True)
+    assert not fitted["tensorflow_imported"]
+    checked = _stage("check", tmp_path, names, "tensorflow")["result"]
+    for name in names:
+        assert saved[name] > 1e-3, f"{name}: constant logits would match anything"
+        run = fitted["result"][name]
+        # The TensorFlow checkpoint (fused layer classes) and its weights give JAX the same logits.
+        assert run["loaded_diff"] < TOLERANCE, (name, run)
+        # fit trained (finite loss, weights moved), predict and the metric ran.
+        assert np.isfinite(run["loss"]) and run["weights_moved"] > 0 and 0 <= run["iou"] <= 1, (name, run)
+        assert run["predict_shape"] == [2, 64, 64, 4]
+        # The JAX-trained checkpoint gives TensorFlow the same logits.
+        assert checked[name] < TOLERANCE, (name, checked[name])
+
+
+def test_tensorflow_and_jax_agree_linknet_resnet18(tmp_path):
+    _round_trip(tmp_path, ["linknet-resnet18"])
+
+
+@pytest.mark.slow
+def test_tensorflow_and_jax_agree_every_other_model(tmp_path):
+    _round_trip(tmp_path, ["fcn8s", "fcn16s", "fcn32s", "linknet-resnet34"])
