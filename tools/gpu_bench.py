@@ -355,6 +355,12 @@ def more_rounds(done: int, wanted: int, round_s: float, now: float, deadline: fl
     return done < 1 or (done < wanted and now + round_s <= deadline)
 
 
+def group_fits(costs: list[float], now: float, deadline: float) -> bool:
+    """Whether another group may start: the first always does, later ones when the median cost of the
+    groups so far (set-up plus one round) still ends before ``deadline``."""
+    return not costs or now + statistics.median(costs) <= deadline
+
+
 def make_contenders(model: str, w: int, h: int, batch: int, args, notes: list[str]) -> list:
     contenders = [("fcnseg", FcnsegJax(model, w, h, batch, args.precision, args.width))]
     if args.with_torch:
@@ -589,7 +595,7 @@ def main(argv: list[str] | None = None) -> dict:
     costs: list[float] = []  # seconds to set a group up and run one round
     for i, (model, w, h, batch) in enumerate(plan):
         key, now = f"{model}@{w}x{h}", time.perf_counter()
-        if costs and now + statistics.median(costs) > deadline:
+        if not group_fits(costs, now, deadline):
             report["skipped"][key] = f"time budget ({args.time_budget:.0f} s) would be passed"
             continue
         print(f"{key} batch {batch} ({now - START:.0f} s in)", file=sys.stderr, flush=True)
