@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import subprocess
 import sys
 import time
@@ -36,3 +37,61 @@ def test_wait_until_idle_waits_out_a_busy_worker(benchmark):
         busy.kill()
         busy.wait()
     assert benchmark.wait_until_idle(busy.pid) < 0.1  # gone: nothing to wait for
+
+
+def test_the_fp32_peak_is_the_best_estimator_and_says_which(benchmark):
+    peaks = {"float32": [80e9, 83e9, 90e9], "bfloat16": [300e9], "numpy_sgemm": [95e9, 97e9],
+             "fma_kernel": [110e9, 150e9, 120e9]}
+    report = benchmark.peak_report(peaks, 4096, {"fma_method": "measured: ...", "blas": "openblas"})
+    assert report["float32"] == 120e9 and report["float32_estimator"] == "fma_kernel"
+    assert report["float32_candidates"] == {"tf_matmul": 83e9, "numpy_sgemm": 96e9, "fma_kernel": 120e9}
+    assert report["bfloat16"] == 300e9 and report["fma_kernel_samples"] == [110e9, 150e9, 120e9]
+    # a missing or failed estimator does not win; samples from a group's start on give its own peak
+    assert benchmark.best_peak({"tf_matmul": 83e9, "numpy_sgemm": float("nan"), "fma_kernel": None}) == ("tf_matmul", 83e9)
+    assert benchmark.best_peak({})[0] is None
+    during = benchmark.peak_candidates(peaks, {"float32": 2, "numpy_sgemm": 0, "fma_kernel": 3})
+    assert during == {"tf_matmul": 90e9, "numpy_sgemm": 96e9, "fma_kernel": None}
+
+
+def _fig(kind: str, img_s: float) -> dict:
+    return {"spec": {"kind": kind, "batch": 2, "size": [480, 360]}, "train_images_per_s": img_s,
+            "train_s_per_step": 2 / img_s, "infer_ms_per_image": 500.0, "peak_rss_mib": 1024.0}
+
+
+def test_figures_above_the_peak_are_flagged(benchmark):
+    # 10 GFLOP forward: training 30 GFLOP/image; 3 img/s = 90 GFLOP/s against a peak of 83 or 100
+    report = {"machine": {"cpu": "x", "cores": 2, "tensorflow": "2", "torch": None, "date": "d"},
+              "peak_flops": benchmark.peak_report({"float32": [83e9], "bfloat16": [1e11]}, 4096, {}),
+              "groups": {"fcn8s@480x360": {"fcnseg": _fig("tf", 3.0) | {"forward_flops": 10e9}, "torch": _fig("torch", 2.5)},
+                         "linknet@480x360": {"fcnseg": _fig("tf", 2.5) | {"forward_flops": 10e9},
+                                             "peak_fp32_during_group": 100e9}},
+              "growth": {}}
+    benchmark.derive(report)
+    assert report["above_peak"] == ["fcn8s@480x360 fcnseg train 108%"]
+    table = benchmark.render(report)
+    assert "| 108%! |" in table and "| 90% |" in table and "| 75% |" in table
+    assert "! above the measured peak: the estimator is low (fcn8s@480x360 fcnseg train 108%)" in table
+    assert "won: TF matmul" in table
+    assert benchmark.percent_of_peak(None) == "-" and benchmark.percent_of_peak(1.0) == "100%"
+
+
+def test_the_fma_kernel_uses_the_widest_fma_the_cpu_and_onednn_cap_allow(benchmark):
+    avx512 = {"avx", "avx2", "fma", "avx512f"}
+    assert benchmark.fma_isa(avx512, None)[:2] == ("avx512", 16)
+    assert benchmark.fma_isa(avx512, "AVX512_CORE_AMX")[:2] == ("avx512", 16)
+    assert benchmark.fma_isa(avx512, "AVX2")[:2] == ("avx2+fma", 8)  # the AVX2 emulation gets the AVX2 peak
+    assert benchmark.fma_isa({"avx", "avx2", "fma"}, None)[:2] == ("avx2+fma", 8)
+    assert benchmark.fma_isa({"avx"}, None)[1] == 8 and benchmark.fma_isa(set(), None)[1] == 4
+    # 2 cores x 2.6 GHz x 2 FMA units x 8 lanes x 2 FLOPs
+    assert benchmark.theoretical_fma_peak(2, 2600.0, 8) == 2 * 2.6e9 * 2 * 8 * 2
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler to build the FMA kernel")
+def test_the_fma_kernel_builds_and_runs_or_falls_back_to_the_formula(benchmark, monkeypatch):
+    kernel = benchmark.FmaKernel()
+    assert kernel.method.startswith("measured:"), kernel.method
+    assert kernel.sample() > 0
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    fallback = benchmark.FmaKernel()
+    assert fallback.method.startswith("theoretical (no C kernel:"), fallback.method
+    assert fallback.sample() == benchmark.theoretical_fma_peak(*benchmark.cores_and_mhz(), fallback.lanes)

@@ -22,8 +22,15 @@ with another is measured side by side, interleaved, in one run):
   Element-wise ops (BN, ReLU, adds) are not counted. TF's own profiler
   (tf.compat.v1.profiler float_operation) is printed beside it as a check.
   Training FLOPs = 3x forward (backward = input grads + weight grads).
-* Peak: a 4096^3 matmul in TF on all cores, fp32 (and bf16), sampled once per
-  round throughout the run by its own worker; the median is the peak.
+* Peak: the best of several estimators, each sampled once per round
+  throughout the run by its own worker, on all cores: a 4096^3 fp32 matmul in
+  TF, the same matmul through numpy's BLAS sgemm, and an FMA micro-kernel (a
+  C loop of independent vector FMAs, compiled here for the widest FMA the CPU
+  has, capped by ONEDNN_MAX_CPU_ISA; without a C compiler, cores x clock x 2
+  FMA units x lanes from /proc/cpuinfo). Each estimator's median is its
+  figure, the highest wins (all of them read low, never high); the report
+  names the winner and every candidate. A model figure above 100% of it is
+  marked "!": the estimators fell short there. bf16: the TF matmul.
 * Cost growth: LinkNet-ResNet18 at 0.5x, 1x, 2x the pixels of 480x360,
   interleaved, as seconds per megapixel.
 """
@@ -35,6 +42,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -232,22 +240,31 @@ class PipelineWorker:
 
 
 class PeakWorker:
-    """FLOP/s of a large matmul in TF on all cores: the machine's attainable peak."""
+    """The machine's attainable fp32 FLOP/s by several estimators, on all cores: a large matmul in TF
+    (fp32 and bf16), the same matmul through numpy's BLAS sgemm, and an FMA micro-kernel."""
 
     def __init__(self, spec: dict) -> None:
+        import numpy as np
         import tensorflow as tf
 
         n = spec.get("n", 4096)
-        self.n, self.tf = n, tf
+        self.n, self.tf, self.np = n, tf, np
         gen = tf.random.Generator.from_seed(0)
         a32, b32 = gen.normal((n, n)), gen.normal((n, n))
         self.pairs = {"float32": (a32, b32), "bfloat16": (tf.cast(a32, tf.bfloat16), tf.cast(b32, tf.bfloat16))}
         self.mm = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
+        self.np_pair = (a32.numpy(), b32.numpy())
+        self.fma = FmaKernel()
 
     def sample(self, dtype: str) -> float:
         a, b = self.pairs[dtype]
         start = time.perf_counter()
         self.mm(a, b).numpy()
+        return 2 * self.n**3 / (time.perf_counter() - start)
+
+    def sample_numpy(self) -> float:
+        start = time.perf_counter()
+        self.np.matmul(*self.np_pair)
         return 2 * self.n**3 / (time.perf_counter() - start)
 
     def train(self) -> float:  # one fp32 and one bf16 sample per round
@@ -256,8 +273,177 @@ class PeakWorker:
     def infer(self) -> float:
         return self.sample("bfloat16")
 
+    def estimators(self) -> dict[str, float]:
+        """One sample of each fp32 estimator besides the TF matmul."""
+        return {"numpy_sgemm": self.sample_numpy(), "fma_kernel": self.fma.sample()}
+
     def info(self) -> dict:
-        return {}
+        return {"fma_method": self.fma.method, "blas": numpy_blas()}
+
+
+def numpy_blas() -> str:
+    """The BLAS numpy's matmul calls (e.g. 'scipy-openblas 0.3.31'), or '?'."""
+    try:
+        import numpy as np
+
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        return f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except Exception:  # older numpy: no mode="dicts"
+        return "?"
+
+
+FMA_SOURCE = r"""
+#include <omp.h>
+typedef float vf __attribute__((vector_size(LANES * 4)));
+#define ACC 12  /* independent chains: more than FMA latency x FMA ports on current x86 cores */
+double fma_loop(long iters) {
+    double total = 0.0;
+    #pragma omp parallel reduction(+:total)
+    {
+        vf acc[ACC], m, c;
+        for (int l = 0; l < LANES; l++) { m[l] = 0.9999999f; c[l] = 1e-7f; }
+        for (int k = 0; k < ACC; k++) for (int l = 0; l < LANES; l++) acc[k][l] = (float)(k + l);
+        for (long i = 0; i < iters; i++) {
+            #pragma GCC unroll 12
+            for (int k = 0; k < ACC; k++) acc[k] = acc[k] * m + c;
+        }
+        for (int k = 0; k < ACC; k++) for (int l = 0; l < LANES; l++) total += acc[k][l];
+    }
+    return total;
+}
+int fma_threads(void) { return omp_get_max_threads(); }
+"""
+FMA_CHAINS = 12
+
+
+def fma_isa(flags: set[str], onednn_cap: str | None) -> tuple[str, int, list[str]]:
+    """(name, fp32 lanes, compiler flags) of the widest FMA the CPU has, capped as oneDNN is by
+    ONEDNN_MAX_CPU_ISA (so an AVX2 emulation on an AVX-512 machine gets the AVX2 peak)."""
+    cap = (onednn_cap or "ALL").upper()
+    allow_512 = cap in ("ALL", "DEFAULT") or cap.startswith(("AVX512", "AVX10"))
+    allow_avx2 = allow_512 or cap.startswith("AVX2")
+    if "avx512f" in flags and allow_512:
+        return "avx512", 16, ["-mavx512f", "-mfma"]
+    if {"avx2", "fma"} <= flags and allow_avx2:
+        return "avx2+fma", 8, ["-mavx2", "-mfma"]
+    if "avx" in flags and cap != "SSE41":
+        return "avx (mul+add)", 8, ["-mavx"]
+    return "sse (mul+add)", 4, ["-msse2"]
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next(line.split(":", 1)[1].split() for line in f if line.startswith("flags")))
+    except (OSError, StopIteration):
+        return set()
+
+
+def theoretical_fma_peak(cores: int, mhz: float, lanes: int, fma_units: int = 2) -> float:
+    """cores x clock x FMA units x lanes x 2 FLOPs: an assumption (2 FMA units, the clock cpuinfo
+    shows), used only where no C compiler can build the measured kernel."""
+    return cores * mhz * 1e6 * fma_units * lanes * 2
+
+
+class FmaKernel:
+    """FLOP/s of a tight loop of independent vector FMAs on every core (OpenMP), built with the C
+    compiler at hand for the CPU's widest FMA; without a compiler, the cpuinfo formula above."""
+
+    def __init__(self) -> None:
+        self.isa, self.lanes, cflags = fma_isa(cpu_flags(), os.environ.get("ONEDNN_MAX_CPU_ISA"))
+        try:
+            self.lib, self.threads = self._build(cflags), 0
+            self.threads = self.lib.fma_threads()
+            self.iters = self._calibrate()
+            self.method = (f"measured: {FMA_CHAINS} chains of {self.isa} FMAs x {self.lanes} fp32 lanes, "
+                           f"{self.threads} OpenMP threads")
+        except (OSError, subprocess.SubprocessError) as e:
+            self.lib, self.theory = None, theoretical_fma_peak(*cores_and_mhz(), self.lanes)
+            self.method = (f"theoretical (no C kernel: {str(e).splitlines()[0] if str(e) else type(e).__name__}): "
+                           f"cores x MHz x 2 FMA units x {self.lanes} lanes x 2")
+
+    def _build(self, cflags: list[str]):
+        import ctypes
+
+        # Idle OpenMP threads sleep at once instead of spinning into the next contender's timing;
+        # read by libgomp when it loads with the kernel below.
+        os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
+        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            raise OSError("no C compiler (cc, gcc)")
+        tmp = tempfile.mkdtemp(prefix="fcnseg-fma-")
+        try:
+            src, lib = os.path.join(tmp, "fma.c"), os.path.join(tmp, "fma.so")
+            with open(src, "w") as f:
+                f.write(FMA_SOURCE)
+            subprocess.run([cc, "-O3", "-fopenmp", "-shared", "-fPIC", f"-DLANES={self.lanes}", *cflags, src,
+                            "-o", lib], check=True, capture_output=True, timeout=60)
+            loaded = ctypes.CDLL(lib)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # the loaded library stays mapped
+        loaded.fma_loop.restype, loaded.fma_loop.argtypes = ctypes.c_double, [ctypes.c_long]
+        return loaded
+
+    def _calibrate(self, seconds: float = 0.2) -> int:
+        iters = 100_000
+        while True:
+            start = time.perf_counter()
+            self.lib.fma_loop(iters)
+            took = time.perf_counter() - start
+            if took > seconds / 4 or iters > 10**10:
+                return max(1, int(iters * seconds / took))
+            iters *= 4
+
+    def sample(self) -> float:
+        if self.lib is None:
+            return self.theory
+        start = time.perf_counter()
+        self.lib.fma_loop(self.iters)
+        return self.threads * self.iters * FMA_CHAINS * self.lanes * 2 / (time.perf_counter() - start)
+
+
+def cores_and_mhz() -> tuple[int, float]:
+    """Physical cores (distinct physical id / core id pairs) and the clock /proc/cpuinfo shows."""
+    cores, mhz = set(), []
+    try:
+        with open("/proc/cpuinfo") as f:
+            block = {}
+            for line in list(f) + [""]:
+                key, _, value = line.partition(":")
+                if key.strip():
+                    block[key.strip()] = value.strip()
+                    continue
+                if "cpu MHz" in block:
+                    cores.add((block.get("physical id"), block.get("core id", len(cores))))
+                    mhz.append(float(block["cpu MHz"]))
+                block = {}
+    except OSError:
+        pass
+    return (len(cores) or os.cpu_count() or 1), (max(mhz) if mhz else 2000.0)
+
+
+# fp32 peak estimators, by the name the report gives them, and the key of their samples
+FP32_ESTIMATORS = {"tf_matmul": "float32", "numpy_sgemm": "numpy_sgemm", "fma_kernel": "fma_kernel"}
+
+
+def best_peak(candidates: dict[str, float | None]) -> tuple[str | None, float]:
+    """The estimator with the highest figure (every estimator reads low, never high, so the best is
+    the closest to the machine's true peak) and its figure; NaN and missing figures are ignored."""
+    valid = {k: v for k, v in candidates.items() if v is not None and v == v and v > 0}
+    if not valid:
+        return None, float("nan")
+    name = max(valid, key=valid.get)
+    return name, valid[name]
+
+
+def peak_candidates(peaks: dict[str, list[float]], starts: dict[str, int] | None = None) -> dict[str, float | None]:
+    """Median of each fp32 estimator's samples (those from ``starts`` on, when given)."""
+    out = {}
+    for name, key in FP32_ESTIMATORS.items():
+        samples = peaks.get(key, [])[(starts or {}).get(key, 0):]
+        out[name] = statistics.median(samples) if samples else None
+    return out
 
 
 WORKERS = {"tf": TFWorker, "torch": TorchWorker, "pipeline": PipelineWorker, "peak": PeakWorker}
@@ -286,6 +472,8 @@ def worker_main(spec_json: str) -> None:
             result = peak_rss_mib()
         elif cmd == "info":
             result = worker.info()
+        elif cmd == "estimators":
+            result = worker.estimators()
         else:
             break
         print(json.dumps(result), file=out, flush=True)
@@ -380,6 +568,9 @@ def interleave(workers: list[Worker], cmd: str, rounds: int, per_round: int, pea
         if peak is not None:
             peaks["float32"] += peak.ask("train 1")
             peaks["bfloat16"] += peak.ask("infer 1")
+            for key, value in peak.ask("estimators").items():
+                peaks.setdefault(key, []).append(value)
+            wait_until_idle(peak.proc.pid)  # BLAS and OpenMP threads spin a while after their work
     return samples
 
 
@@ -393,7 +584,7 @@ def run_group(name: str, contenders: list[tuple[str, dict]], args, peak: Worker 
         else:
             log(f"  {label}: skipped ({w.error})")
     result: dict = {}
-    first = len(peaks["float32"])
+    starts = {key: len(peaks.get(key, [])) for key in FP32_ESTIMATORS.values()}
     try:
         _measure_group(workers, result, args, peak, peaks)
     except WorkerDied as e:  # the others' figures so far are kept; a dead contender's are not comparable
@@ -405,8 +596,9 @@ def run_group(name: str, contenders: list[tuple[str, dict]], args, peak: Worker 
     for r in result.values():
         if isinstance(r, dict) and "train_s_per_step" in r:
             r["train_images_per_s"] = r["spec"]["batch"] / r["train_s_per_step"]
-    if len(peaks["float32"]) > first:  # the peak while this group ran: load on a shared machine drifts
-        result["peak_fp32_during_group"] = statistics.median(peaks["float32"][first:])
+    winner, during = best_peak(peak_candidates(peaks, starts))
+    if winner:  # the peak while this group ran: load on a shared machine drifts
+        result["peak_fp32_during_group"], result["peak_fp32_estimator_during_group"] = during, winner
     return result
 
 
@@ -480,7 +672,7 @@ def main() -> None:
 
     peak = Worker({"kind": "peak", "n": 1024 if args.quick else 4096}, "peak")
     peak.ask("train 2")  # warm-up
-    peaks: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    peaks: dict[str, list[float]] = {"float32": [], "bfloat16": [], "numpy_sgemm": [], "fma_kernel": []}
     variants = [v for v in args.variants.split(",") if v]
     from fcnseg.train import fcn_bfloat16_refusal
     groups = {}
@@ -521,14 +713,10 @@ def main() -> None:
                                     "jit": args.jit, "precision": args.precision}) for w, h in growth_sizes]
         log(f"cost growth, linknet-resnet18 batch 4: {', '.join(c for c, _ in contenders)}")
         growth = run_group("growth", contenders, args, peak, peaks, log)
+    peak_info = peak.ask("info")
     peak.close()
 
-    peak_fp32 = statistics.median(peaks["float32"]) if peaks["float32"] else float("nan")
-    peak_bf16 = statistics.median(peaks["bfloat16"]) if peaks["bfloat16"] else float("nan")
-    report = {"machine": machine(), "peak_flops": {"float32": peak_fp32, "bfloat16": peak_bf16,
-                                                    "matmul_n": 1024 if args.quick else 4096,
-                                                    "float32_samples": peaks["float32"],
-                                                    "bfloat16_samples": peaks["bfloat16"]},
+    report = {"machine": machine(), "peak_flops": peak_report(peaks, 1024 if args.quick else 4096, peak_info),
               "settings": vars(args) | {"seconds": round(time.time() - started)},
               "groups": groups, "growth": growth}
     derive(report)
@@ -537,6 +725,36 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
         log(f"wrote {args.json}")
+
+
+def peak_report(peaks: dict[str, list[float]], matmul_n: int, info: dict) -> dict:
+    """The run's fp32 peak: the best of the estimators' medians, which one won, and every candidate."""
+    candidates = peak_candidates(peaks)
+    winner, best = best_peak(candidates)
+    bf16 = peaks.get("bfloat16", [])
+    return {"float32": best, "float32_estimator": winner, "float32_candidates": candidates,
+            "bfloat16": statistics.median(bf16) if bf16 else float("nan"), "matmul_n": matmul_n,
+            "fma_method": info.get("fma_method"), "blas": info.get("blas"),
+            **{f"{key}_samples": peaks.get(key, []) for key in ("float32", "bfloat16", "numpy_sgemm", "fma_kernel")}}
+
+
+def flag_above_peak(report: dict) -> list[str]:
+    """Every figure above 100% of its fp32 peak: the peak estimators read low there, not the model high."""
+    flagged = []
+    sections = [(key, group) for key, group in report["groups"].items()] + [("growth", report["growth"])]
+    for key, group in sections:
+        for label, fig in group.items():
+            for what in ("train", "infer"):
+                if isinstance(fig, dict) and fig.get(f"{what}_fraction_of_fp32_peak", 0) > 1:
+                    flagged.append(f"{key} {label} {what} {100 * fig[f'{what}_fraction_of_fp32_peak']:.0f}%")
+    return flagged
+
+
+def percent_of_peak(fraction: float | None) -> str:
+    """'84%', '105%!' above the peak, '-' when unknown."""
+    if fraction is None:
+        return "-"
+    return f"{100 * fraction:.0f}%" + ("!" if fraction > 1 else "")
 
 
 def derive(report: dict) -> None:
@@ -570,15 +788,27 @@ def derive(report: dict) -> None:
         if fig.get("forward_flops"):
             fig["forward_flops_per_pixel"] = fig["forward_flops"] / (w * h)
             fig["train_fraction_of_fp32_peak"] = 3 * fig["forward_flops"] * fig["train_images_per_s"] / peak
+    report["above_peak"] = flag_above_peak(report)
+
+
+def peak_lines(p: dict) -> list[str]:
+    """Which fp32 estimator won, with every candidate; the bf16 matmul."""
+    n = p.get("matmul_n", 4096)
+    names = {"tf_matmul": f"TF {n}^3 matmul", "numpy_sgemm": f"numpy sgemm {n}^3 ({p.get('blas') or '?'})",
+             "fma_kernel": f"FMA micro-kernel ({p.get('fma_method') or '?'})"}
+    candidates = p.get("float32_candidates") or {"tf_matmul": p["float32"]}
+    listed = "; ".join(f"{names.get(k, k)} {v / 1e9:.0f}" for k, v in candidates.items() if v)
+    short = {"tf_matmul": "TF matmul", "numpy_sgemm": "numpy sgemm", "fma_kernel": "FMA micro-kernel"}
+    return [f"fp32 peak {p['float32'] / 1e9:.0f} GFLOP/s, the best of (GFLOP/s, all cores): {listed}; "
+            f"won: {short.get(p.get('float32_estimator'), p.get('float32_estimator'))}",
+            f"bf16 peak ({n}^3 TF matmul) {p['bfloat16'] / 1e9:.0f} GFLOP/s. Medians over the run; '% fp32 peak' "
+            "uses the best of the estimators' medians over the samples taken while that group ran"]
 
 
 def render(report: dict) -> str:
-    p = report["peak_flops"]
     lines = [f"machine: {report['machine']['cpu']}, {report['machine']['cores']} cores, TF {report['machine']['tensorflow']}"
              f", torch {report['machine'].get('torch') or '-'}; {report['machine']['date']}",
-             f"measured peak ({p.get('matmul_n', 4096)}^3 matmul, all cores): fp32 {p['float32'] / 1e9:.0f} GFLOP/s, "
-             f"bf16 {p['bfloat16'] / 1e9:.0f} GFLOP/s (medians over the run; '% fp32 peak' uses the median of "
-             "the samples taken while that group ran)", "",
+             *peak_lines(report["peak_flops"]), "",
              "| model @ size | batch | who | train img/s | infer ms/img | peak RSS GiB | GFLOP/img (fwd) "
              "| train % fp32 peak | fcnseg/torch train | fcnseg/torch infer |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -592,7 +822,7 @@ def render(report: dict) -> str:
                      f"{fig['infer_ms_per_image']:.0f}" if "infer_ms_per_image" in fig else "-",
                      f"{fig['peak_rss_mib'] / 1024:.2f}" if spec["kind"] != "pipeline" else "-",
                      f"{flops / 1e9:.1f}" if flops and spec["kind"] != "pipeline" else "-",
-                     f"{100 * fig['train_fraction_of_fp32_peak']:.0f}%" if "train_fraction_of_fp32_peak" in fig else "-"]
+                     percent_of_peak(fig.get("train_fraction_of_fp32_peak"))]
             if label == "fcnseg" and "ratio_train_fcnseg_over_torch" in group:
                 cells += [f"{group['ratio_train_fcnseg_over_torch']:.2f}x",
                           f"{group['ratio_infer_fcnseg_over_torch']:.2f}x"]
@@ -625,7 +855,9 @@ def render(report: dict) -> str:
             w, h = fig["spec"]["size"]
             lines.append(f"| {label} | {w * h / (480 * 360):.2f} | {fig['train_s_per_megapixel']:.2f} | "
                          f"{fig['infer_ms_per_megapixel']:.0f} | {fig.get('forward_flops_per_pixel', 0) / 1e3:.1f}k | "
-                         f"{100 * fig.get('train_fraction_of_fp32_peak', 0):.0f}% |")
+                         f"{percent_of_peak(fig.get('train_fraction_of_fp32_peak'))} |")
+    if report.get("above_peak"):
+        lines += ["", f"! above the measured peak: the estimator is low ({'; '.join(report['above_peak'])})"]
     return "\n".join(lines)
 
 
