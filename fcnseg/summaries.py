@@ -64,7 +64,13 @@ class Writers:
         with self.val.as_default():
             hp.hparams(clean)
 
-    def close(self) -> None:
-        if self.enabled:
+    def close(self, quiet: bool = False) -> None:
+        """Flush and close; ``quiet`` ignores a failure (used while another error propagates)."""
+        if not self.enabled:
+            return
+        try:
             self.train.close()
             self.val.close()
+        except (tf.errors.OpError, OSError):
+            if not quiet:
+                raise

@@ -241,7 +241,8 @@ def _validate(config: TrainConfig) -> None:
         raise FcnsegError(refusal)
     from fcnseg.losses import parse_spec
 
-    parse_spec(config.loss)
+    if not all(math.isfinite(weight) for weight, _ in parse_spec(config.loss)):
+        raise FcnsegError(f"--loss {config.loss!r}: a weight is not a finite number")
 
 
 def fcn_bfloat16_refusal(model: str, mixed_precision: str | None) -> str | None:
@@ -272,8 +273,6 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     one that contradicts the saved configuration is an error, and a source
     ``.py`` file saved in the run is imported only when named here again.
     """
-    import keras
-
     chief = is_chief()
     if resume:
         config = resumed_config(config.run_dir, explicit or {}, resume_epochs)
@@ -284,8 +283,11 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     # collective operation) but into a scratch folder that is thrown away.
     folder = open_run_dir(config.run_dir, resume) if chief else None
     work_dir = config.run_dir if chief else tempfile.mkdtemp(prefix="fcnseg-worker-")
-    previous_policy = keras.mixed_precision.dtype_policy()
+    previous_policy = None
     try:
+        import keras
+
+        previous_policy = keras.mixed_precision.dtype_policy()
         if config.mixed_precision:
             keras.mixed_precision.set_dtype_policy(f"mixed_{config.mixed_precision}")
         return _train(config, resume, log, chief, work_dir)
@@ -294,7 +296,8 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
             folder.abandon()  # a failed start leaves no empty run folder behind
         raise
     finally:
-        keras.mixed_precision.set_dtype_policy(previous_policy)
+        if previous_policy is not None:
+            keras.mixed_precision.set_dtype_policy(previous_policy)
         if folder is not None:
             folder.release()
 
@@ -417,8 +420,10 @@ def _train(config: TrainConfig, resume: bool, log, chief: bool, work_dir: str) -
                 log(f"stopped: the {config.max_minutes:g}-minute budget (--max-minutes) ran out at step "
                     f"{int(run.step.numpy())}")
                 break
-    finally:
-        run.writers.close()
+    except BaseException:
+        run.writers.close(quiet=True)  # a full disk must not hide the error that stopped us
+        raise
+    run.writers.close()
     return run.best_scores
 
 
