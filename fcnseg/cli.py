@@ -105,13 +105,6 @@ def source_options(fn):
     return fn
 
 
-def quiet_tensorflow() -> None:
-    """Hide TensorFlow's C++ start-up log (CUDA probing on machines without a GPU, oneDNN and
-    CPU-feature notes); only takes effect before TensorFlow is imported, and a value the
-    user set is kept."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="fcnseg")
 @click.option("--verbose", is_flag=True, envvar="FCNSEG_VERBOSE",
@@ -120,6 +113,9 @@ def main(verbose: bool) -> None:
     """Semantic segmentation of road scenes: FCN-8s/16s/32s and LinkNet on KITTI Road,
     Cityscapes, CamVid, your own folder of images + masks, or synthetic scenes."""
     if not verbose:
+        # CUDA probing, oneDNN and CPU-feature notes on every start: noise to a user.
+        from fcnseg.quiet import quiet_tensorflow
+
         quiet_tensorflow()
 
 

@@ -518,6 +518,7 @@ def _restore(run: _Run, resume: bool, log) -> None:
     """Sweep a killed run's debris, then load its last state and the history it committed."""
     import tensorflow as tf
 
+    run.epochs_done.assign(0)  # a fresh start; a state saved before this counter existed leaves -1
     if not resume:
         return
     config = run.config
@@ -531,6 +532,7 @@ def _restore(run: _Run, resume: bool, log) -> None:
         # Killed or failed before its first save: nothing to continue, so start again.
         log(f"{config.run_dir} has no saved training state yet: starting from step 0 with its saved configuration")
         return
+    run.epochs_done.assign(-1)
     run.state.restore(latest).expect_partial()
     log(f"resumed {config.run_dir} at step {int(run.step.numpy())}")
     history_path = os.path.join(config.run_dir, "history.json")
