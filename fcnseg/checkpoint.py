@@ -18,13 +18,30 @@ META_NAME = "fcnseg.json"
 
 
 def save(model, path: str, meta: dict) -> None:
-    """Write ``model`` and ``meta`` to ``path`` atomically."""
+    """Write ``model`` and ``meta`` to ``path`` atomically.
+
+    On any failure (a full disk, Ctrl-C) the temporary file is removed and
+    ``path`` keeps its previous content; an OS error becomes one line naming ``path``.
+    """
+    from fcnseg.rundir import kill_point
+
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".{os.path.basename(path)}.partial.keras")
-    model.save(tmp)
-    with zipfile.ZipFile(tmp, "a") as zf:
-        zf.writestr(META_NAME, json.dumps(meta, indent=1))
-    os.replace(tmp, path)
+    try:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as zf:
+            zf.writestr(META_NAME, json.dumps(meta, indent=1))
+        kill_point("checkpoint_written")
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise FcnsegError(f"{path}: could not write the checkpoint: {e.strerror or e}; "
+                              "the previous file is kept") from None
+        raise
 
 
 def read_meta(path: str) -> dict:

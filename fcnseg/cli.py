@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import os
 import sys
 import time
@@ -36,13 +38,26 @@ def parse_source_options(values: tuple[str, ...]) -> dict:
     return options
 
 
+class FiniteFloat(click.FloatRange):
+    """A number option that refuses nan and inf, which click's FLOAT accepts."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 def parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
     if value is None:
         return None
     try:
-        return tuple(float(v) for v in value.replace(",", " ").split())
+        numbers = tuple(float(v) for v in value.replace(",", " ").split())
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a list of numbers", param_hint=option) from None
+    if not all(math.isfinite(n) for n in numbers):
+        raise click.BadParameter(f"{value!r} holds a number that is not finite", param_hint=option)
+    return numbers
 
 
 def parse_class_weights(value: str | None) -> tuple[float, ...] | None:
@@ -55,9 +70,12 @@ def parse_class_weights(value: str | None) -> tuple[float, ...] | None:
         with open(value) as f:
             data = json.load(f)
         weights = data["class_weights"] if isinstance(data, dict) else data
-        return tuple(float(w) for w in weights)
+        numbers = tuple(float(w) for w in weights)
     except (OSError, ValueError, KeyError, TypeError):
         raise click.BadParameter(f"{value} holds no list of class weights", param_hint="--class-weights") from None
+    if not all(math.isfinite(n) for n in numbers):
+        raise click.BadParameter(f"{value} holds a class weight that is not finite", param_hint="--class-weights")
+    return numbers
 
 
 def reports_errors(fn):
@@ -89,9 +107,16 @@ def source_options(fn):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="fcnseg")
-def main() -> None:
+@click.option("--verbose", is_flag=True, envvar="FCNSEG_VERBOSE",
+              help="Show TensorFlow's start-up and device messages (hidden by default; or FCNSEG_VERBOSE=1).")
+def main(verbose: bool) -> None:
     """Semantic segmentation of road scenes: FCN-8s/16s/32s and LinkNet on KITTI Road,
     Cityscapes, CamVid, your own folder of images + masks, or synthetic scenes."""
+    if not verbose:
+        # CUDA probing, oneDNN and CPU-feature notes on every start: noise to a user.
+        from fcnseg.quiet import quiet_tensorflow
+
+        quiet_tensorflow()
 
 
 @main.command()
@@ -104,7 +129,7 @@ def main() -> None:
               help="'imagenet' (FCN: VGG16 via keras.applications) or a local weights file.")
 @click.option("--init-from", type=click.Path(dir_okay=False), default=None,
               help="Start from the weights of this fcnseg checkpoint (fine-tuning; same model and classes).")
-@click.option("--width", default=1.0, show_default=True, type=click.FloatRange(min=0.01),
+@click.option("--width", default=1.0, show_default=True, type=FiniteFloat(min=0.01),
               help="Filter-count multiplier; 1.0 is the paper's model.")
 @click.option("--image-size", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
               help="Training size, e.g. 480x360 (default: the source's).")
@@ -117,9 +142,9 @@ def main() -> None:
               help="Validation batches per epoch (default: the whole validation split).")
 @click.option("--optimizer", default="adam", show_default=True, type=click.Choice(["adam", "sgd", "rmsprop"]))
 @click.option("--learning-rate", "--lr", "learning_rate", default=1e-3, show_default=True,
-              type=click.FloatRange(min=0, min_open=True))
-@click.option("--momentum", default=0.9, show_default=True, type=float, help="SGD/RMSprop momentum.")
-@click.option("--weight-decay", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              type=FiniteFloat(min=0, min_open=True))
+@click.option("--momentum", default=0.9, show_default=True, type=FiniteFloat(0, 1), help="SGD/RMSprop momentum.")
+@click.option("--weight-decay", default=0.0, show_default=True, type=FiniteFloat(min=0),
               help="Decoupled weight decay.")
 @click.option("--schedule", default="constant", show_default=True,
               type=click.Choice(["constant", "poly", "step", "onecycle"]), help="Learning-rate schedule.")
@@ -131,7 +156,7 @@ def main() -> None:
                    "Void pixels are ignored by all of them.")
 @click.option("--fbeta", default=None, metavar="B|B0,B1,...",
               help="Beta of the fbeta loss: one value, or one per class (e.g. 2 for cars, 0.5 for road).")
-@click.option("--focal-gamma", default=2.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--focal-gamma", default=2.0, show_default=True, type=FiniteFloat(min=0))
 @click.option("--accumulate", default=1, show_default=True, type=click.IntRange(min=1),
               help="Accumulate gradients over N batches before each update (large images, small memory).")
 @click.option("--mixed-precision", type=click.Choice(["float16", "bfloat16"]), default=None,
@@ -142,7 +167,7 @@ def main() -> None:
               help="tf.distribute strategy; multiworker reads the cluster from TF_CONFIG.")
 @click.option("--deterministic", is_flag=True, help="Bit-identical reruns (TF op determinism; slower).")
 @click.option("--jit", is_flag=True, help="XLA-compile the training step.")
-@click.option("--max-minutes", default=None, type=click.FloatRange(min=0, min_open=True),
+@click.option("--max-minutes", default=None, type=FiniteFloat(min=0, min_open=True),
               help="Wall-clock budget: stop when spent (mid-epoch), then validate and save.")
 @click.option("--image-every", default=1, show_default=True, type=click.IntRange(min=0),
               help="Epochs between TensorBoard image overlays (0: never).")
@@ -155,7 +180,9 @@ def main() -> None:
               help="Where checkpoints, config and TensorBoard logs go (default: runs/DATE-TIME-MODEL).")
 @click.option("--save-every", default=200, show_default=True, type=click.IntRange(min=1),
               help="Steps between resumable state saves.")
-@click.option("--resume", is_flag=True, help="Continue the run in --run-dir from its last saved state.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --run-dir from its last saved state, with its saved configuration "
+                   "(only --epochs may change; a source .py file must be named again with --data-source).")
 @reports_errors
 def train(data_source, data_dir, source_option, model, encoder, encoder_weights, init_from, width, image_size,
           epochs,
@@ -180,9 +207,24 @@ def train(data_source, data_dir, source_option, model, encoder, encoder_weights,
         jit_compile=jit, max_minutes=max_minutes, image_every=image_every, monitor=monitor,
         augment=not no_augment, seed=seed, run_dir=run_dir, save_every=save_every,
     )
-    best = run_training(config, resume=resume, log=click.echo, resume_epochs=epochs)
+    explicit = explicit_options(click.get_current_context(), config)
+    best = run_training(config, resume=resume, log=click.echo, resume_epochs=epochs, explicit=explicit)
     click.echo(f"done: best val mIoU {best.get('mean_iou', float('nan')):.4f}; checkpoints in {run_dir} "
                f"(tensorboard --logdir {run_dir})")
+
+
+# train's parameters whose TrainConfig field has another name.
+_TRAIN_FIELDS = {"source_option": "source_options", "jit": "jit_compile", "no_augment": "augment"}
+
+
+def explicit_options(ctx: click.Context, config) -> dict:
+    """The TrainConfig fields the user set on the command line (or by environment), with their values."""
+    from click.core import ParameterSource
+
+    fields = {f.name for f in dataclasses.fields(config)}
+    named = [_TRAIN_FIELDS.get(name, name) for name in ctx.params
+             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+    return {name: getattr(config, name) for name in named if name in fields}
 
 
 @main.command("check-labels")

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcnseg import overlay
+from fcnseg.errors import FcnsegError
 
 
 class Writers:
@@ -20,6 +21,7 @@ class Writers:
 
     def __init__(self, run_dir: str, enabled: bool = True) -> None:
         self.enabled = enabled
+        self.log_dir = os.path.join(run_dir, "logs")
         if enabled:
             self.train = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "train"))
             self.val = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "val"))
@@ -64,7 +66,14 @@ class Writers:
         with self.val.as_default():
             hp.hparams(clean)
 
-    def close(self) -> None:
-        if self.enabled:
+    def close(self, quiet: bool = False) -> None:
+        """Flush and close; ``quiet`` ignores a failure (used while another error propagates)."""
+        if not self.enabled:
+            return
+        try:
             self.train.close()
             self.val.close()
+        except (tf.errors.OpError, OSError) as e:
+            if not quiet:
+                reason = str(getattr(e, "strerror", None) or getattr(e, "message", e)).strip().splitlines()[0]
+                raise FcnsegError(f"{self.log_dir}: could not write the TensorBoard events: {reason}") from None
