@@ -115,11 +115,8 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
         "images": count, "protocol": _protocol(config, (train_w, train_h)), "confusion_matrix": cm.tolist(),
         "seconds": round(time.perf_counter() - start, 2),
     })
-    if config.output:
-        try:
-            write_json(config.output, result)
-        except OSError as e:  # e.g. a full disk: the previous file stays as it was
-            raise FcnsegError(f"--output {config.output}: cannot write: {e.strerror or e}") from None
+    if config.output:  # a failed write (a full disk) is one line and keeps the previous file
+        write_json(config.output, result, "--output")
     return result
 
 
