@@ -1,8 +1,8 @@
-"""Dataset sources, installed as ``fcnseg.sources``.
+"""Dataset sources (``fcnseg.sources``): one module per dataset in this folder.
 
-One module per dataset; each defines ``make_source(data_dir, image_size=None,
-seed=0, **options)`` and draws the folder tree it expects in its docstring.
-Nothing is imported until a source is asked for.
+Each module defines ``make_source(data_dir, image_size=None, seed=0, **options)``
+and draws the folder tree it expects in its docstring; ``fcnseg.source`` states
+the contract a source keeps. Nothing is imported until a source is asked for.
 """
 
 from __future__ import annotations
