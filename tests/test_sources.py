@@ -455,6 +455,18 @@ def test_image_without_label_and_label_without_image(tmp_path, kitti_dir, citysc
         sources.load(name, str(roots[name]), **options).cached_samples(split)
     message = str(err.value).replace("\\", "/")
     assert (named or str(path).replace("\\", "/")) in message and "\n" not in message
+    # Built to collect them (as check-labels builds it): listed with the split, the rest still paired.
+    collecting = sources.load(name, str(roots[name]), collect_orphans=True, **options)
+    found = collecting.orphans_of(split)
+    assert len(found) == 1 and found[0][0].replace("\\", "/").endswith(named or str(path).replace("\\", "/"))
+    assert all(s.label for s in collecting.cached_samples(split))
+    other = "train" if split == "val" else "val"
+    assert collecting.orphans_of(other) == []  # each split lists its own
+
+
+def test_collect_orphans_is_not_a_source_option(camvid_dir):
+    with pytest.raises(FcnsegError, match="--source-option collect_orphans"):
+        sources.load("camvid", str(camvid_dir[0]), **{"collect_orphans": "1"})
 
 
 def test_camvid_list_with_missing_file(camvid_dir, tmp_path):
