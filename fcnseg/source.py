@@ -1,30 +1,105 @@
-"""The data-source protocol and the base class the built-in sources share.
+"""What a data source is, and the two base classes to build one from.
 
-A source is an object with these attributes (built-in or user-written)::
+fcnseg's commands use a source only through the names of ``Source`` below (the
+contract, checked by ``fcnseg.sources.load``). Do not write them all: subclass
 
-    name            short name, e.g. "camvid"
-    classes         the ClassTable (name, id, train id, colour per row)
-    image_size      (W, H) the model trains at
-    num_classes, class_names, label_colors, ignore_label   (from the table)
-    num_training, num_validation
-    train_dataset(batch_size) / valid_dataset(batch_size)  -> tf.data.Dataset
-    train_generator(batch_size) / valid_generator(batch_size) -> numpy batches
+* ``DataSource`` for generated data: set ``name``, ``classes`` (a
+  ``fcnseg.classes.ClassTable``) and ``default_image_size``; write
+  ``split_size(split)`` and ``elements(split, shuffle, seed)``;
+* ``FileSource`` for image and label files on disk: set ``name``, ``classes``,
+  ``label_format`` (and ``splits`` if not train/val/test); write
+  ``samples(split)``. ``fcnseg check-labels`` checks such a source's files.
 
-A user's source file (``fcnseg train --data-source my_source.py``) defines a
-function ``make_source(data_dir, image_size=None, seed=0, **options)`` that
-returns such an object; subclassing ``FileSource`` below makes that a few lines.
+The methods to write are marked ``@abstractmethod``: a class that lacks one is
+refused when loaded, naming it. Everything else (``image_size``, the class
+table's ``num_classes``, ``class_names``, ``label_colors``, ``ignore_label``,
+``num_training``, ``num_validation``, the tf.data ``dataset()`` with
+``train_dataset``/``valid_dataset``, the numpy ``train_generator``/
+``valid_generator``, ``describe()``) comes from the base class.
+
+A source file (``fcnseg train --data-source my_source.py``, the same for
+evaluate and check-labels) defines ``make_source(data_dir, image_size=None,
+seed=0, **options)``; it receives ``--data-dir``, ``--image-size``, ``--seed``
+and every ``--source-option KEY=VALUE`` (values are strings), plus
+``collect_orphans=True`` from check-labels, and returns the source.
+
+Example, files on disk (``images/NAME.png`` with ``labels/NAME.png``
+single-channel masks of class ids; a quarter held out for validation)::
+
+    import os
+
+    from fcnseg.classes import table
+    from fcnseg.source import FileSource, pair_by_stem, split_by_fraction
+
+
+    class Puddles(FileSource):
+        name = "puddles"
+        # name, id in the mask files, train id, colour; a void row for unlabelled pixels
+        classes = table([("ground", 0, 0, (128, 64, 128)), ("puddle", 1, 1, (0, 0, 255)),
+                         ("void", 255, 255, (0, 0, 0))], ignore_label=255)
+        default_image_size = (64, 48)  # (W, H) to train at unless --image-size says otherwise
+        label_format = "index"  # masks hold ids; "color": RGB masks in the table's colours
+        splits = ("train", "val")
+
+        def samples(self, split):
+            pairs = pair_by_stem(os.path.join(self.data_dir, "images"), os.path.join(self.data_dir, "labels"),
+                                 on_orphan=self.on_orphan)
+            return split_by_fraction(pairs, 0.25, self.seed)[split]
+
+
+    def make_source(data_dir, image_size=None, seed=0, **options):
+        return Puddles(data_dir, image_size, seed, **options)
+
+Example, generated data (no ``--data-dir``)::
+
+    import numpy as np
+    import tensorflow as tf
+
+    from fcnseg.classes import table
+    from fcnseg.source import DataSource
+
+
+    class Stripes(DataSource):
+        name = "stripes"
+        classes = table([("dark", 0, 0, (0, 0, 0)), ("light", 1, 1, (255, 255, 255))])
+        default_image_size = (32, 32)
+
+        def split_size(self, split):
+            return {"train": 16, "val": 4}[split]
+
+        def elements(self, split, shuffle=False, seed=0):
+            def draw(i):  # the same index always draws the same pair
+                rng = np.random.default_rng([self.seed, ("train", "val").index(split), i])
+                label = np.zeros((32, 32), np.int32)
+                label[:, rng.integers(4, 28):] = 1
+                return (label[..., None] * 200 + 30).repeat(3, -1).astype(np.uint8), label
+
+            pairs = [draw(i) for i in range(self.split_size(split))]
+            ds = tf.data.Dataset.from_tensor_slices(tuple(np.stack(p) for p in zip(*pairs)))
+            return ds.shuffle(len(pairs), seed=seed) if shuffle else ds
+
+
+    def make_source(data_dir, image_size=None, seed=0, **options):
+        return Stripes(image_size, seed)
+
+Packages add sources under the ``fcnseg.sources`` entry-point group, pointing
+at a module with such a ``make_source``.
 """
 
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from fcnseg.classes import ClassTable
 from fcnseg.errors import FcnsegError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 SPLITS = ("train", "val", "test")
 
@@ -35,8 +110,53 @@ class Sample:
     label: str | None  # None for unlabelled test images
 
 
-class DataSource:
-    """Everything a source shares; subclasses provide ``elements(split)``."""
+class Source(Protocol):
+    """Every name fcnseg's commands use on a source; ``DataSource`` provides all but the
+    class attributes and its abstract methods."""
+
+    name: str  # short name, e.g. "camvid"
+    classes: ClassTable  # name, id, train id, colour per row; void rows marked by ignore_label
+    image_size: tuple[int, int]  # (W, H) the model trains at
+    num_classes: int
+    class_names: tuple[str, ...]
+    label_colors: tuple[tuple[int, int, int], ...]
+    ignore_label: int
+    num_training: int
+    num_validation: int
+
+    def split_size(self, split: str) -> int:
+        """Pairs in ``split`` (training derives its steps per epoch from "train")."""
+
+    def elements(self, split: str, shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
+        """Unbatched (uint8 image (H, W, 3), int32 train-id label (H, W)) pairs of ``split``."""
+
+    def evaluation_elements(self, split: str) -> tf.data.Dataset:
+        """The pairs ``fcnseg evaluate`` scores, labels at their own resolution."""
+
+    def dataset(self, split: str, batch_size: int, *, training: bool = False, augment=None,
+                seed: int | None = None, drop_remainder: bool = False) -> tf.data.Dataset:
+        """Batches of (float32 images in 0..255, int32 labels): what training and validation read."""
+
+    def train_dataset(self, batch_size: int, **kwargs) -> tf.data.Dataset: ...
+
+    def valid_dataset(self, batch_size: int, **kwargs) -> tf.data.Dataset: ...
+
+    def train_generator(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+    def valid_generator(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]: ...
+
+    def describe(self) -> dict:
+        """What a checkpoint keeps to predict without the data: name, image_size, class table."""
+
+
+# The contract's names, in the order declared: what ``fcnseg.sources.load`` requires.
+CONTRACT: tuple[str, ...] = tuple(Source.__annotations__) + tuple(
+    n for n, v in vars(Source).items() if callable(v) and not n.startswith("_"))
+
+
+class DataSource(ABC):
+    """Everything a source shares; a subclass sets ``name``, ``classes`` and
+    ``default_image_size`` and writes ``split_size`` and ``elements``."""
 
     name: str = "source"
     classes: ClassTable
@@ -71,14 +191,17 @@ class DataSource:
     def num_validation(self) -> int:
         return self.split_size("val")
 
+    @abstractmethod
     def split_size(self, split: str) -> int:
-        raise NotImplementedError
+        """Pairs in ``split``; an unknown split is a one-line FcnsegError."""
 
-    def elements(self, split: str, shuffle: bool = False, seed: int = 0):
-        """Unbatched (uint8 image (H, W, 3), int32 train-id label (H, W)) pairs."""
-        raise NotImplementedError
+    @abstractmethod
+    def elements(self, split: str, shuffle: bool = False, seed: int = 0) -> tf.data.Dataset:
+        """Unbatched (uint8 image (H, W, 3), int32 train-id label (H, W)) pairs of ``split``, any
+        size (``dataset`` resizes them); ``shuffle`` with ``seed``: training's order, fixed by the
+        seed (each epoch passes its own), which --resume relies on."""
 
-    def evaluation_elements(self, split: str):
+    def evaluation_elements(self, split: str) -> tf.data.Dataset:
         """The pairs ``fcnseg evaluate`` scores; labels at their own resolution (here: as ``elements``)."""
         return self.elements(split)
 
@@ -129,10 +252,17 @@ class DataSource:
 class FileSource(DataSource):
     """A source backed by image and label files on disk.
 
-    Subclasses implement ``samples(split) -> list[Sample]`` and set
-    ``label_format`` to "index" (single-channel PNG of ids) or "color"
-    (RGB PNG of class colours). ``labels_resized`` says labels may be stored at
-    another resolution than their image (resized nearest-neighbour on load).
+    A subclass writes ``samples(split) -> list[Sample]`` and sets ``label_format``
+    to "index" (single-channel PNG of ids) or "color" (RGB PNG of class colours).
+    ``labels_resized`` says labels may be stored at another resolution than their
+    image (resized nearest-neighbour on load). check-labels also asks
+    ``label_table(path)`` and ``color_labels(sample)``, whose defaults fit any
+    source whose label files all hold ``classes``' ids or colours.
+
+    ``collect_orphans``: an image without label (or label without image) is
+    recorded, listed by ``orphans_of(split)``, instead of an error; check-labels
+    builds its source so to report every unpaired file. ``samples`` passes
+    ``on_orphan`` to ``pair_by_stem`` (or calls ``report_orphan``) for that.
     """
 
     label_format: str = "index"
@@ -142,26 +272,28 @@ class FileSource(DataSource):
     # Cityscapes at full size is far over and keeps decoding per epoch).
     cache_bytes: int = 2 * 1024**3
     splits: tuple[str, ...] = SPLITS  # the split names samples() accepts
-    # None: an image without label (or label without image) is an error. A list:
-    # samples() records (path, message) there and goes on (check-labels reports them all).
-    orphans: list[tuple[str, str]] | None = None
 
     def __init__(self, data_dir: str | os.PathLike, image_size: tuple[int, int] | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, *, collect_orphans: bool = False) -> None:
         super().__init__(image_size, seed)
         self.data_dir = os.fspath(data_dir) if data_dir is not None else None
         if self.data_dir is None:
             raise FcnsegError(f"--data-dir is required for the {self.name} source")
         if not os.path.isdir(self.data_dir):
             raise FcnsegError(f"data dir {self.data_dir} does not exist or is not a folder")
+        # None: an unpaired file is an error. A list: every (path, message) found so far.
+        self.orphans: list[tuple[str, str]] | None = [] if collect_orphans else None
         self._samples: dict[str, list[Sample]] = {}
+        self._split_orphans: dict[str, list[tuple[str, str]]] = {}
         self._decoded: dict = {}  # split -> cached tf.data of decoded pairs, shared by every epoch
 
+    @abstractmethod
     def samples(self, split: str) -> list[Sample]:
-        raise NotImplementedError
+        """The split's (image, label) paths, sorted; ``label`` None for unlabelled test images.
+        A missing folder or an empty split is a one-line FcnsegError naming the path."""
 
     def report_orphan(self, path: str, message: str) -> None:
-        """An unpaired file: raise, unless ``orphans`` collects them."""
+        """An unpaired file: raise, unless the source collects orphans."""
         if self.orphans is None:
             raise FcnsegError(message)
         self.orphans.append((path, message))
@@ -171,12 +303,27 @@ class FileSource(DataSource):
         """What ``pair_by_stem(on_orphan=...)`` takes: None keeps its one summary error."""
         return None if self.orphans is None else self.report_orphan
 
+    def orphans_of(self, split: str) -> list[tuple[str, str]]:
+        """(path, message) of each unpaired file found listing ``split`` (empty unless collecting)."""
+        self.cached_samples(split)
+        return list(self._split_orphans.get(split, ()))
+
+    def label_table(self, path: str) -> ClassTable:
+        """The table whose ids (or colours) the label file ``path`` holds."""
+        return self.classes
+
+    def color_labels(self, sample: Sample) -> list[str]:
+        """Extra colour renderings of ``sample``'s label for check-labels to verify (none here)."""
+        return []
+
     def cached_samples(self, split: str) -> list[Sample]:
         if split not in self.splits:
             raise FcnsegError(f"{self.name}: unknown split {split!r} for {self.data_dir}; "
                               f"expected one of {', '.join(self.splits)}")
         if split not in self._samples:
+            before = len(self.orphans) if self.orphans is not None else 0
             self._samples[split] = self.samples(split)
+            self._split_orphans[split] = self.orphans[before:] if self.orphans is not None else []
         return self._samples[split]
 
     def split_size(self, split: str) -> int:

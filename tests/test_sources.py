@@ -455,6 +455,18 @@ def test_image_without_label_and_label_without_image(tmp_path, kitti_dir, citysc
         sources.load(name, str(roots[name]), **options).cached_samples(split)
     message = str(err.value).replace("\\", "/")
     assert (named or str(path).replace("\\", "/")) in message and "\n" not in message
+    # Built to collect them (as check-labels builds it): listed with the split, the rest still paired.
+    collecting = sources.load(name, str(roots[name]), collect_orphans=True, **options)
+    found = collecting.orphans_of(split)
+    assert len(found) == 1 and found[0][0].replace("\\", "/").endswith(named or str(path).replace("\\", "/"))
+    assert all(s.label for s in collecting.cached_samples(split))
+    other = "train" if split == "val" else "val"
+    assert collecting.orphans_of(other) == []  # each split lists its own
+
+
+def test_collect_orphans_is_not_a_source_option(camvid_dir):
+    with pytest.raises(FcnsegError, match="--source-option collect_orphans"):
+        sources.load("camvid", str(camvid_dir[0]), **{"collect_orphans": "1"})
 
 
 def test_camvid_list_with_missing_file(camvid_dir, tmp_path):
@@ -558,3 +570,26 @@ def test_pipeline_size_mismatch_names_the_label(camvid_dir, tmp_path):
     with pytest.raises(tf.errors.InvalidArgumentError, match="0006R0_f01800.png"):
         list(sources.load("camvid", str(root), image_size=(W, H)).valid_dataset(1))
     assert label in find_unreadable(sources.load("camvid", str(root)))
+
+
+# ---------------------------------------------------------------- synthetic
+
+
+def _synthetic_labels(source, epoch_seed: int, n: int) -> list[bytes]:
+    """The first ``n`` training labels of the epoch whose pipeline seed is ``epoch_seed``, as training
+    draws them (``dataset(training=True, seed=run seed + epoch)`` calls ``elements`` so)."""
+    pairs = source.elements("train", shuffle=True, seed=epoch_seed).take(n)
+    return [lab.tobytes() for _, lab in pairs.as_numpy_iterator()]
+
+
+def test_synthetic_fresh_draws_new_scenes_every_epoch_deterministically():
+    fresh = sources.load("synthetic", image_size=(32, 24), seed=5, train_size=4, fresh="1")
+    epoch1, epoch2 = _synthetic_labels(fresh, 6, 4), _synthetic_labels(fresh, 7, 4)
+    assert not set(epoch1) & set(epoch2)  # no scene of epoch 1 comes back in epoch 2
+    assert len(set(epoch1)) == 4
+    # the same (seed, epoch) redraws the same scenes in the same order: what --resume relies on
+    again = sources.load("synthetic", image_size=(32, 24), seed=5, train_size=4, fresh="1")
+    assert _synthetic_labels(again, 7, 4) == epoch2
+    # without fresh every epoch shows the same train_size scenes, reshuffled
+    fixed = sources.load("synthetic", image_size=(32, 24), seed=5, train_size=4)
+    assert set(_synthetic_labels(fixed, 6, 4)) == set(_synthetic_labels(fixed, 7, 4))

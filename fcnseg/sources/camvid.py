@@ -57,8 +57,9 @@ class CamVid(FileSource):
     classes = CLASSES
     default_image_size = (480, 360)
 
-    def __init__(self, data_dir, image_size=None, seed: int = 0, layout: str = "auto") -> None:
-        super().__init__(data_dir, image_size, seed)
+    def __init__(self, data_dir, image_size=None, seed: int = 0, layout: str = "auto", *,
+                 collect_orphans: bool = False) -> None:
+        super().__init__(data_dir, image_size, seed, collect_orphans=collect_orphans)
         layout = option_value(self.name, "layout", layout, LAYOUTS)
         if layout == "auto":
             layout = self._detect()
@@ -123,6 +124,7 @@ class CamVid(FileSource):
         raise FcnsegError(f"{listing}:{line}: {path} not found (expected {expected})")
 
 
-def make_source(data_dir, image_size=None, seed: int = 0, layout: str = "auto") -> CamVid:
+def make_source(data_dir, image_size=None, seed: int = 0, layout: str = "auto", *,
+                collect_orphans: bool = False) -> CamVid:
     """Build the CamVid source (see the module docstring for the options)."""
-    return CamVid(data_dir, image_size, seed, layout=layout)
+    return CamVid(data_dir, image_size, seed, layout=layout, collect_orphans=collect_orphans)

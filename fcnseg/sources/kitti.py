@@ -57,8 +57,8 @@ class KittiRoad(FileSource):
     label_format = "color"
 
     def __init__(self, data_dir, image_size=None, seed: int = 0, task: str = "road",
-                 val_fraction: float = 0.2) -> None:
-        super().__init__(data_dir, image_size, seed)
+                 val_fraction: float = 0.2, *, collect_orphans: bool = False) -> None:
+        super().__init__(data_dir, image_size, seed, collect_orphans=collect_orphans)
         self.task = option_value(self.name, "task", task, tuple(TASK_CATEGORIES))
         self.val_fraction = fraction_option(self.name, "val_fraction", val_fraction)
         self.classes = LANE_CLASSES if self.task == "lane" else CLASSES
@@ -126,6 +126,7 @@ class KittiRoad(FileSource):
 
 
 def make_source(data_dir, image_size=None, seed: int = 0, task: str = "road",
-                val_fraction: float = 0.2) -> KittiRoad:
+                val_fraction: float = 0.2, *, collect_orphans: bool = False) -> KittiRoad:
     """Build the KITTI Road source (see the module docstring for the options)."""
-    return KittiRoad(data_dir, image_size, seed, task=task, val_fraction=val_fraction)
+    return KittiRoad(data_dir, image_size, seed, task=task, val_fraction=val_fraction,
+                     collect_orphans=collect_orphans)

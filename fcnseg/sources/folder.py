@@ -113,8 +113,8 @@ class FolderSource(FileSource):
     name = "folder"
 
     def __init__(self, data_dir, image_size=None, seed: int = 0, classes: str | None = None,
-                 mask_suffix: str = "auto", val_fraction: float = 0.2) -> None:
-        super().__init__(data_dir, image_size, seed)
+                 mask_suffix: str = "auto", val_fraction: float = 0.2, *, collect_orphans: bool = False) -> None:
+        super().__init__(data_dir, image_size, seed, collect_orphans=collect_orphans)
         self.classes, self.label_format = read_classes_csv(classes or os.path.join(self.data_dir, "classes.csv"))
         self.mask_suffix = mask_suffix
         self.val_fraction = fraction_option(self.name, "val_fraction", val_fraction)
@@ -202,7 +202,7 @@ def _is_palette_png(path: str) -> bool:
 
 
 def make_source(data_dir, image_size=None, seed: int = 0, classes: str | None = None, mask_suffix: str = "auto",
-                val_fraction: float = 0.2) -> FolderSource:
+                val_fraction: float = 0.2, *, collect_orphans: bool = False) -> FolderSource:
     """Build the folder source (see the module docstring for the options)."""
     return FolderSource(data_dir, image_size, seed, classes=classes, mask_suffix=mask_suffix,
-                        val_fraction=val_fraction)
+                        val_fraction=val_fraction, collect_orphans=collect_orphans)

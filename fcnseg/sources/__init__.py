@@ -1,8 +1,8 @@
-"""Dataset sources, installed as ``fcnseg.sources``.
+"""Dataset sources (``fcnseg.sources``): one module per dataset in this folder.
 
-One module per dataset; each defines ``make_source(data_dir, image_size=None,
-seed=0, **options)`` and draws the folder tree it expects in its docstring.
-Nothing is imported until a source is asked for.
+Each module defines ``make_source(data_dir, image_size=None, seed=0, **options)``
+and draws the folder tree it expects in its docstring; ``fcnseg.source`` states
+the contract a source keeps. Nothing is imported until a source is asked for.
 """
 
 from __future__ import annotations
@@ -12,8 +12,12 @@ import importlib.util
 import inspect
 import os
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from fcnseg.errors import FcnsegError
+
+if TYPE_CHECKING:
+    from fcnseg.source import Source
 
 # name -> module; a plain dict, so the built-ins are visible at a glance.
 BUILTIN: dict[str, str] = {
@@ -25,8 +29,6 @@ BUILTIN: dict[str, str] = {
 }
 
 ENTRY_POINT_GROUP = "fcnseg.sources"
-REQUIRED = ("image_size", "num_classes", "class_names", "label_colors", "ignore_label", "num_training",
-            "num_validation", "train_generator", "valid_generator", "train_dataset", "valid_dataset")
 
 
 def available() -> dict[str, str]:
@@ -58,9 +60,19 @@ def _module_for(name: str):
     return module
 
 
-def load(name: str, data_dir: str | None = None, image_size: tuple[int, int] | None = None, seed: int = 0,
-         **options):
-    """Build the source called ``name`` (a built-in, a plugin or a .py path)."""
+def load(name: str, data_dir: str | None = None, image_size: tuple[int, int] | None = None, seed: int = 0, *,
+         collect_orphans: bool = False, **options) -> Source:
+    """Build the source called ``name`` (a built-in, a plugin or a .py path) and check that it
+    keeps ``fcnseg.source.Source``'s contract.
+
+    ``collect_orphans``: a file source records unpaired images and labels (``orphans_of``)
+    instead of failing on the first, as check-labels needs; ``options`` are --source-option's.
+    """
+    from fcnseg.classes import ClassTable
+    from fcnseg.source import CONTRACT, FileSource
+
+    if not isinstance(collect_orphans, bool):  # --source-option collect_orphans=...: not a dataset option
+        raise FcnsegError("--source-option collect_orphans: the sources have no such option")
     module = _module_for(name)
     make = getattr(module, "make_source", None)
     if make is None:
@@ -70,13 +82,23 @@ def load(name: str, data_dir: str | None = None, image_size: tuple[int, int] | N
     for key in options:
         if not takes_any and key not in params:
             raise FcnsegError(f"--source-option {key}: the {name} source has no such option")
+    passes_orphans = collect_orphans and (takes_any or "collect_orphans" in params)
     try:
-        source = make(data_dir, image_size=image_size, seed=seed, **options)
+        source = make(data_dir, image_size=image_size, seed=seed, **options,
+                      **({"collect_orphans": True} if passes_orphans else {}))
     except TypeError as e:
+        if "abstract" in str(e):  # a DataSource/FileSource subclass that lacks a method to write
+            raise FcnsegError(f"--data-source {name}: {e}") from e
         raise FcnsegError(f"--source-option: {name}: {e}") from e
+    if collect_orphans and not passes_orphans and isinstance(source, FileSource):
+        source.orphans = []  # a make_source written before the option: collect all the same
     # dir(), not hasattr(): hasattr would run properties such as num_validation,
     # listing every split (and failing on data that has only some of them).
-    missing = [a for a in REQUIRED if a not in dir(source)]
+    missing = [a for a in CONTRACT if a not in dir(source)]
     if missing:
-        raise FcnsegError(f"--data-source {name}: the source lacks required attribute(s) {', '.join(missing)}")
+        raise FcnsegError(f"--data-source {name}: the source lacks {', '.join(missing)} (subclass "
+                          "fcnseg.source.DataSource or FileSource; see the fcnseg.source docstring)")
+    if not isinstance(source.classes, ClassTable):
+        raise FcnsegError(f"--data-source {name}: the source's classes is a {type(source.classes).__name__}, "
+                          "not a ClassTable (build it with fcnseg.classes.table)")
     return source

@@ -95,8 +95,8 @@ class Cityscapes(FileSource):
     splits = ("train", "val", "test", "train_extra")
 
     def __init__(self, data_dir, image_size=None, seed: int = 0, annotations: str = "fine",
-                 train_ids: str = "auto", train_extra: str | int = 0) -> None:
-        super().__init__(data_dir, image_size, seed)
+                 train_ids: str = "auto", train_extra: str | int = 0, *, collect_orphans: bool = False) -> None:
+        super().__init__(data_dir, image_size, seed, collect_orphans=collect_orphans)
         self.annotations = option_value(self.name, "annotations", annotations, tuple(_GT_FOLDER))
         self.train_ids = option_value(self.name, "train_ids", train_ids, ("auto", "yes", "no"))
         self.train_extra = option_value(self.name, "train_extra", train_extra, ("0", "1")) == "1"
@@ -186,7 +186,7 @@ def _walk(root: str, suffix: str) -> dict[tuple[str, str], str]:
 
 
 def make_source(data_dir, image_size=None, seed: int = 0, annotations: str = "fine", train_ids: str = "auto",
-                train_extra: str | int = 0) -> Cityscapes:
+                train_extra: str | int = 0, *, collect_orphans: bool = False) -> Cityscapes:
     """Build the Cityscapes source (see the module docstring for the options)."""
     return Cityscapes(data_dir, image_size, seed, annotations=annotations, train_ids=train_ids,
-                      train_extra=train_extra)
+                      train_extra=train_extra, collect_orphans=collect_orphans)

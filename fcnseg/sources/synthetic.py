@@ -13,7 +13,9 @@ No folder tree: scenes are rendered on the fly, deterministically from
 Options (``--source-option key=value``):
     train_size   scenes per training epoch (default 384)
     val_size     validation scenes (default 64)
-    fresh        1 = new training scenes every epoch (an infinite stream)
+    fresh        1 = new training scenes every epoch: each epoch's scenes are drawn
+                 from (seed, the epoch's pipeline seed, index), so no epoch repeats
+                 another's and a resumed epoch replays exactly its own scenes
 """
 
 from __future__ import annotations
@@ -167,9 +169,11 @@ class SyntheticSource(DataSource):
             raise FcnsegError(f"--split {split}: the synthetic source has splits {', '.join(self.sizes)}")
         return self.sizes[split]
 
-    def scene(self, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def scene(self, split: str, index: int, epoch_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scene ``index`` of ``split``; ``epoch_seed`` picks another set of scenes (fresh training)."""
         w, h = self.image_size
-        seed = np.random.SeedSequence([self.seed, _SPLIT_STREAM[split], index]).generate_state(1)[0]
+        key = [self.seed, _SPLIT_STREAM[split], index] + ([] if epoch_seed is None else [epoch_seed])
+        seed = np.random.SeedSequence(key).generate_state(1)[0]
         return render_scene(w, h, int(seed))
 
     def elements(self, split: str, shuffle: bool = False, seed: int = 0):
@@ -177,13 +181,18 @@ class SyntheticSource(DataSource):
 
         w, h = self.image_size
         n = self.split_size(split)
-        # fresh: the index keeps growing across epochs, so every epoch is new.
-        indices = tf.data.Dataset.range(2**62 if (self.fresh and split == "train") else n)
-        if shuffle and not self.fresh:
+        fresh = self.fresh and split == "train"
+        # Training passes each epoch its own ``seed`` (the run's seed + epoch): fresh scenes are
+        # keyed by it, so every epoch draws new ones and --resume redraws the same. The stream is
+        # endless so that more steps than train_size/batch still meet no repeats.
+        indices = tf.data.Dataset.range(2**62 if fresh else n)
+        if shuffle and not fresh:
             indices = indices.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        epoch_seed = int(seed) if fresh else None
 
         def draw(i):
-            image, label = tf.numpy_function(lambda k: self.scene(split, int(k)), [i], [tf.uint8, tf.uint8])
+            image, label = tf.numpy_function(lambda k: self.scene(split, int(k), epoch_seed), [i],
+                                             [tf.uint8, tf.uint8])
             image.set_shape([h, w, 3])
             label.set_shape([h, w])
             return image, tf.where(label == VOID, self.ignore_label, tf.cast(label, tf.int32))
