@@ -219,9 +219,9 @@ def check_weights_out(path: str) -> None:
 def write_weights(report: Report, path: str) -> None:
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        write_json(path, report.weights_json())
-    except OSError as e:  # e.g. a full disk; write_json leaves the previous file as it was
-        raise FcnsegError(f"--weights-out {path}: cannot write: {e.strerror or e}") from None
+    except OSError as e:
+        raise FcnsegError(f"--weights-out {path}: cannot create its folder: {e.strerror or e}") from None
+    write_json(path, report.weights_json(), "--weights-out")  # a failure (a full disk) keeps the previous file
 
 
 def _add(report: Report, split: str, problem: Problem) -> None:

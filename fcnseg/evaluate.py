@@ -113,10 +113,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
         "seconds": round(time.perf_counter() - start, 2),
     })
     if config.output:
-        try:
-            write_json(config.output, result)
-        except OSError as e:  # e.g. a full disk: the previous file stays as it was
-            raise FcnsegError(f"--output {config.output}: cannot write: {e.strerror or e}") from None
+        write_json(config.output, result, "--output")  # a failure (a full disk) keeps the previous file
     return result
 
 
