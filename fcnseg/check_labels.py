@@ -28,9 +28,11 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from fcnseg.classes import ClassTable, median_frequency_weights
+from fcnseg.classes import ClassTable, color_key, median_frequency_weights
 from fcnseg.errors import FcnsegError
 from fcnseg.files import ensure_writable_dir, write_json
+from fcnseg.labelrules import looks_interpolated
+from fcnseg.progress import open_bar
 from fcnseg.source import Sample
 from fcnseg import imageio
 
@@ -150,10 +152,9 @@ def check_labels(source, splits: Sequence[str] = ("train", "val"), *, values: bo
     results: list[SampleResult] = []
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(_check_sample, rules, split, i, s, values, n in picks)
+        futures = [pool.submit(check_sample, rules, split, i, s, values, n in picks)
                    for n, (split, i, s) in enumerate(jobs)]
-        bar = progress(len(futures)) if progress and futures else None
-        with bar if bar is not None else _Null() as b:
+        with open_bar(progress if futures else None, len(futures)) as b:
             for future in as_completed(futures):
                 results.append(future.result())
                 b.update(1)
@@ -220,23 +221,12 @@ def write_weights(report: Report, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     except OSError as e:
         raise FcnsegError(f"--weights-out {path}: cannot create its folder: {e.strerror or e}") from None
-    write_json(path, report.weights_json(), "--weights-out")
+    write_json(path, report.weights_json(), "--weights-out")  # a failure (a full disk) keeps the previous file
 
 
 def _add(report: Report, split: str, problem: Problem) -> None:
     report.problems.append(problem)
     report.problem_splits.append(split)
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n: int) -> None:
-        pass
 
 
 def _preview_picks(n: int, k: int) -> set[int]:
@@ -246,8 +236,9 @@ def _preview_picks(n: int, k: int) -> set[int]:
     return set(np.linspace(0, n - 1, min(k, n)).round().astype(int).tolist())
 
 
-def _check_sample(rules: Rules, split: str, index: int, sample: Sample, values: bool,
-                  want_preview: bool) -> SampleResult:
+def check_sample(rules: Rules, split: str, index: int, sample: Sample, values: bool,
+                 want_preview: bool) -> SampleResult:
+    """Every check of one sample (``values``: also its label values), run in a worker thread."""
     problems: list[Problem] = []
     paths = [sample.image, sample.label]
     image = _read(sample.image, "image", problems)
@@ -366,7 +357,7 @@ class Rules:
                 except ValueError as e:
                     raise FcnsegError(f"the class table cannot decode colour labels: {e}") from None
             else:
-                self._luts[key] = (np.array(sorted(_key(c) for c in table.valid_colors), np.int64), None)
+                self._luts[key] = (np.array(sorted(color_key(c) for c in table.valid_colors), np.int64), None)
         return self._luts[key]
 
     def check_label(self, label: np.ndarray, path: str) -> tuple[list[tuple[str, str]], np.ndarray | None]:
@@ -390,11 +381,6 @@ class Rules:
     def check_colors(self, label: np.ndarray) -> list[tuple[str, str]]:
         """Colour files beside index labels: only the table's colours (no encoding)."""
         return _check_colors(label, self._lut(self.table, "valid"), self.table.ignore_label)[0]
-
-
-def _key(color) -> int:
-    r, g, b = (int(c) for c in color)
-    return (r << 16) | (g << 8) | b
 
 
 def _check_index(label: np.ndarray, table: ClassTable, lut: np.ndarray):
@@ -428,7 +414,7 @@ def _check_colors(label: np.ndarray, lut: tuple[np.ndarray, np.ndarray | None], 
     rgb = np.repeat(label[..., None], 3, -1) if label.ndim == 2 else label[..., 2::-1] if label.shape[2] >= 3 \
         else np.repeat(label[..., :1], 3, -1)
     rgb = rgb.astype(np.int32)
-    keys = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    keys = color_key(rgb)
     table_keys, train_ids = lut
     idx = np.minimum(np.searchsorted(table_keys, keys), len(table_keys) - 1)
     known = table_keys[idx] == keys
@@ -484,16 +470,6 @@ def _interpolation(values: np.ndarray, bad: np.ndarray | None, n_bad_values: int
         return (f"{n_between} pixels ({n_between / n_border:.0%} of class-border pixels) hold a value "
                 "between their two neighbours' values")
     return None
-
-
-INTERPOLATED_MIN_PIXELS = 20  # at least this many "between" pixels...
-INTERPOLATED_MIN_SHARE = 0.1  # ...and this share of class-border pixels (clean CamVid labels: at most 0.02)
-
-
-def looks_interpolated(n_between, n_border):
-    """check-labels' verdict on the counts of ``_between``; works on numbers and tensors alike
-    (the training pipeline applies the same rule)."""
-    return (n_between >= INTERPOLATED_MIN_PIXELS) & (n_between >= INTERPOLATED_MIN_SHARE * n_border)
 
 
 def _between(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

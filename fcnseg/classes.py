@@ -86,9 +86,9 @@ class ClassTable:
         pal[: self.num_classes] = np.array(self.label_colors, np.uint8).reshape(-1, 3)
         return pal
 
-    def id_to_train_id(self, size: int = 256) -> np.ndarray:
-        """Lookup array ``lut[id] = train_id``; ids not in the table map to void."""
-        lut = np.full(size, self.ignore_label, np.int32)
+    def id_to_train_id(self, size: int = 256, missing: int | None = None) -> np.ndarray:
+        """Lookup array ``lut[id] = train_id``; ids not in the table map to ``missing`` (default: void)."""
+        lut = np.full(size, self.ignore_label if missing is None else missing, np.int32)
         for row in self.rows:
             if 0 <= row.id < size:
                 lut[row.id] = row.train_id
@@ -102,7 +102,7 @@ class ClassTable:
         """
         seen: dict[int, int] = {}
         for row in self.rows:
-            key = _color_key(row.color)
+            key = color_key(row.color)
             if key in seen and seen[key] != row.train_id:
                 raise ValueError(f"colour {row.color} maps to two train ids")
             seen.setdefault(key, row.train_id)
@@ -134,9 +134,13 @@ def table(rows: Iterable[Sequence], ignore_label: int = 255) -> ClassTable:
     return ClassTable(tuple(ClassRow(n, int(i), int(t), tuple(c)) for n, i, t, c in rows), ignore_label)
 
 
-def _color_key(color: Sequence[int]) -> int:
-    r, g, b = (int(c) for c in color)
-    return r * 65536 + g * 256 + b
+def color_key(rgb):
+    """The integer ``r * 65536 + g * 256 + b`` of one (r, g, b) colour, or of every pixel of an
+    integer (..., 3) numpy array or tensor (int32 or wider), by which colour labels are looked up."""
+    if isinstance(rgb, (tuple, list)):
+        r, g, b = (int(c) for c in rgb)
+        return r * 65536 + g * 256 + b
+    return rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
 
 
 def median_frequency_weights(pixel_counts: np.ndarray, image_counts: np.ndarray | None = None) -> np.ndarray:

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from fcnseg.classes import color_key
+from fcnseg.labelrules import looks_interpolated
+
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -96,11 +99,7 @@ def read_image(path: tf.Tensor) -> tf.Tensor:
 def strict_id_lut(table, size: int = 65536) -> np.ndarray:
     """``lut[id] = train id`` for the table's ids, -1 for every other value (which
     ``lookup_ids`` refuses: an id missing from the table is a broken label, not void)."""
-    lut = np.full(size, -1, np.int32)
-    for row in table.rows:
-        if 0 <= row.id < size:
-            lut[row.id] = row.train_id
-    return lut
+    return table.id_to_train_id(size, missing=-1)
 
 
 def lookup_ids(lut: tf.Tensor, ids: tf.Tensor, path: tf.Tensor) -> tf.Tensor:
@@ -113,8 +112,6 @@ def lookup_ids(lut: tf.Tensor, ids: tf.Tensor, path: tf.Tensor) -> tf.Tensor:
     train = _fail_unless(tf.logical_not(tf.reduce_any(unknown)), train, "label ", path, ": holds value ", worst,
                          ", which is not an id of the class table (run fcnseg check-labels for every problem)")
     between, border = interpolation_counts(ids)
-    from fcnseg.check_labels import looks_interpolated
-
     return _fail_unless(tf.logical_not(looks_interpolated(between, border)), train, "label ", path, ": ",
                         tf.cast(between, tf.int32), " pixels hold a value between their neighbours' values: "
                         "resized with interpolation? (run fcnseg check-labels for details)")
@@ -189,7 +186,7 @@ def read_color_label(path: tf.Tensor, color_lookup: tf.lookup.StaticHashTable) -
 
 
 def lookup_colors(rgb: tf.Tensor, color_lookup: tf.lookup.StaticHashTable, path: tf.Tensor) -> tf.Tensor:
-    keys = rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
+    keys = color_key(rgb)
     train = tf.cast(color_lookup.lookup(keys), tf.int32)
     unknown = train < 0
     worst = tf.reduce_max(tf.where(unknown, keys, -1))

@@ -10,7 +10,6 @@ each non-void label pixel is counted once.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,9 +18,13 @@ from typing import Callable
 import numpy as np
 import tensorflow as tf
 
+from fcnseg import checkpoint, sources
 from fcnseg.errors import FcnsegError
 from fcnseg.files import write_json
+from fcnseg.inference import make_infer, probabilities_at, resized_probabilities, sliding_window_probabilities
 from fcnseg.metrics import batch_confusion, kitti_scores, scores
+from fcnseg.progress import open_bar
+from fcnseg.validate import pipeline_error
 
 
 def confusion_matrix(model, dataset: tf.data.Dataset, num_classes: int, loss_fn=None) -> tuple[np.ndarray, float | None]:
@@ -65,9 +68,6 @@ class EvaluateConfig:
 
 def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progress=None) -> dict:
     """Run the checkpoint over a split and return (and optionally write) every figure."""
-    from fcnseg import checkpoint, sources
-    from fcnseg.predict import make_infer
-
     if config.output:
         _check_writable(config.output)
     model, meta, table = checkpoint.load(config.checkpoint)
@@ -86,7 +86,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
     count, start = 0, time.perf_counter()
     total = source.split_size(config.split)
     try:
-        with progress(total) if progress else contextlib.nullcontext() as bar:
+        with open_bar(progress, total) as bar:
             pairs = getattr(source, "evaluation_elements", source.elements)(config.split)
             for image, label in pairs.as_numpy_iterator():
                 probs = _probabilities(infer, image, label.shape, config, (train_w, train_h))
@@ -99,12 +99,9 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
                     pos_hist += np.bincount(q[valid & (label == 1)], minlength=256)
                     neg_hist += np.bincount(q[valid & (label == 0)], minlength=256)
                 count += 1
-                if bar is not None:
-                    bar.update(1)
+                bar.update(1)
     except tf.errors.InvalidArgumentError as e:
-        from fcnseg.train import _data_error
-
-        raise FcnsegError(_data_error(e, source)) from None
+        raise FcnsegError(pipeline_error(e, source)) from None
     if count == 0:
         raise FcnsegError(f"--split {config.split}: the {source.name} source has no labelled images there")
     result = scores(cm, table.class_names, beta=config.beta)
@@ -115,26 +112,20 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
         "images": count, "protocol": _protocol(config, (train_w, train_h)), "confusion_matrix": cm.tolist(),
         "seconds": round(time.perf_counter() - start, 2),
     })
-    if config.output:  # a failed write (a full disk) is one line and keeps the previous file
-        write_json(config.output, result, "--output")
+    if config.output:
+        write_json(config.output, result, "--output")  # a failure (a full disk) keeps the previous file
     return result
 
 
 def _probabilities(infer, image: np.ndarray, label_hw, config: EvaluateConfig, train_size) -> np.ndarray:
     """(H, W, C) class probabilities of one image at its label's resolution."""
-    from fcnseg.predict import sliding_window_probabilities
-
     if config.window:
         probs = sliding_window_probabilities(infer, image, config.window, config.overlap, 4)
     elif config.size == "native":
         probs = infer(image[None].astype(np.float32))[0].numpy()
     else:
-        resized = tf.image.resize(image[None].astype(np.float32), (train_size[1], train_size[0]), antialias=True)
-        probs = infer(resized)[0].numpy()
-    if probs.shape[:2] != tuple(label_hw):
-        # Probabilities, not class indices, are resized: bilinear on a label map would invent classes.
-        probs = tf.image.resize(probs[None], label_hw, method="bilinear")[0].numpy()
-    return probs
+        probs = resized_probabilities(infer, image, train_size)
+    return probabilities_at(probs, label_hw)
 
 
 def _protocol(config: EvaluateConfig, train_size) -> str:

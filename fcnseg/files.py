@@ -22,7 +22,7 @@ import re
 import secrets
 import shutil
 from contextlib import contextmanager
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from fcnseg.errors import FcnsegError
 
@@ -36,9 +36,7 @@ def ensure_writable_dir(path: str, option: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
         # A fresh exclusive name: a fixed probe name could be a planted symlink that open() would follow.
-        fd, probe = _create_temp_file(os.path.join(path, ".fcnseg-write-test"))
-        os.close(fd)
-        os.remove(probe)
+        os.remove(_create_temp(os.path.join(path, ".fcnseg-write-test"), _create_file))
     except OSError as e:
         raise FcnsegError(f"{option} {path} is not writable: {e.strerror or e}") from None
 
@@ -60,16 +58,22 @@ def temp_name(path: str, kind: str = "tmp") -> str:
     return os.path.join(folder, f".{base[:120]}.{secrets.token_hex(4)}.fcnseg-{kind}{ext}")
 
 
-def _create_temp_file(path: str) -> tuple[int, str]:
+def _create_temp(path: str, create: Callable[[str], Any]) -> str:
+    """A fresh name beside ``path`` on which ``create`` succeeded (it must refuse an existing one)."""
     for _ in range(100):
         name = temp_name(path)
         try:
-            # O_EXCL: never open something that already exists (a file or a planted link);
-            # mode 0o666 lets the umask decide, as a plain open() would (mkstemp forces 0600).
-            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), name
+            create(name)
+            return name
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary name", path)
+
+
+def _create_file(name: str) -> None:
+    # O_EXCL: never open something that already exists (a file or a planted link);
+    # mode 0o666 lets the umask decide, as a plain open() would (mkstemp forces 0600).
+    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666))
 
 
 def _fsync_dir(folder: str) -> None:
@@ -104,19 +108,28 @@ def atomic_path(path: str, what: str | None = None) -> Iterator[str]:
     On leaving the block without an exception the file is fsynced and renamed onto
     ``path``; on any exception it is removed and ``path`` is untouched.
     """
+    with _published(path, what, _create_file, _fsync_and_replace) as tmp:
+        yield tmp
+
+
+def _fsync_and_replace(tmp: str, path: str) -> None:
+    _fsync_file(tmp)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _published(path: str, what: str | None, create: Callable[[str], None],
+               publish: Callable[[str, str], None]) -> Iterator[str]:
+    """Yield a new temporary name beside ``path`` made by ``create(name)``; after the block
+    ``publish(tmp, path)`` and fsync the folder. On any failure ``tmp`` is removed (``path``
+    stays as it was) and an OS error becomes one line naming ``path``."""
     try:
-        fd, tmp = _create_temp_file(path)
-        os.close(fd)
+        tmp = _create_temp(path, create)
     except OSError as e:
         raise write_error(path, e, what) from None
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except OSError as e:
         _remove(tmp)
         raise write_error(path, e, what) from None
@@ -202,34 +215,25 @@ def atomic_dir(path: str, what: str | None = None) -> Iterator[str]:
         >>> with atomic_dir("models/fcnseg/1") as tmp:
         ...     archive.write_out(tmp)
     """
-    for _ in range(100):
-        tmp = temp_name(path)
-        try:
-            os.mkdir(tmp, 0o777)
-            break
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise write_error(path, e, what) from None
-    try:
+    with _published(path, what, lambda tmp: os.mkdir(tmp, 0o777), _fsync_and_replace_dir) as tmp:
         yield tmp
-        _fsync_tree(tmp)
-        replace_dir(tmp, path)
-    except OSError as e:
-        _remove(tmp)
-        raise write_error(path, e, what) from None
-    except BaseException:
-        _remove(tmp)
-        raise
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _fsync_and_replace_dir(tmp: str, path: str) -> None:
+    _fsync_tree(tmp)
+    replace_dir(tmp, path)
 
 
 def _fsync_tree(folder: str) -> None:
     for root, _, names in os.walk(folder):
         for name in names:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_file(os.path.join(root, name))
         _fsync_dir(root)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

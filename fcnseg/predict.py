@@ -21,7 +21,6 @@ from __future__ import annotations
 import glob
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator
 
@@ -31,6 +30,8 @@ from fcnseg import imageio, overlay as overlay_lib
 from fcnseg.classes import ClassTable
 from fcnseg.errors import FcnsegError
 from fcnseg.files import atomic_write, ensure_writable_dir
+from fcnseg.inference import make_infer, sliding_window_probabilities
+from fcnseg.progress import open_bar
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
@@ -173,53 +174,6 @@ def _morphology(mask, op: str, size: int):
     for step in steps:
         m = step(m)
     return m[..., 0] > 0.5
-
-
-def make_infer(model, flip: bool):
-    """A traced function: float32 RGB images (B, H, W, 3) -> softmax probabilities (B, H, W, C)."""
-    import tensorflow as tf
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
-    def infer(images):
-        if not flip:
-            return tf.nn.softmax(model(images, training=False), axis=-1)
-        # One call on [images, flipped] instead of two: same work, half the dispatch.
-        both = tf.nn.softmax(model(tf.concat([images, images[:, :, ::-1]], 0), training=False), axis=-1)
-        n = tf.shape(images)[0]
-        return (both[:n] + both[n:, :, ::-1]) / 2.0
-
-    return infer
-
-
-def window_starts(length: int, window: int, overlap: float) -> list[int]:
-    """Offsets of tiles of ``window`` covering ``length``, overlapping by ``overlap``; the last ends flush."""
-    if length <= window:
-        return [0]
-    stride = max(1, int(window * (1.0 - overlap)))
-    starts = list(range(0, length - window + 1, stride))
-    if starts[-1] != length - window:
-        starts.append(length - window)
-    return starts
-
-
-def sliding_window_probabilities(infer, image: np.ndarray, window: tuple[int, int], overlap: float,
-                                 batch_size: int) -> np.ndarray:
-    """(H, W, C) probabilities of one image, averaged over overlapping (W, H) tiles."""
-    h, w = image.shape[:2]
-    win_w, win_h = min(window[0], w), min(window[1], h)
-    tiles = [(y, x) for y in window_starts(h, win_h, overlap) for x in window_starts(w, win_w, overlap)]
-    total = count = None
-    for i in range(0, len(tiles), batch_size):
-        chunk = tiles[i:i + batch_size]
-        batch = np.stack([image[y:y + win_h, x:x + win_w] for y, x in chunk]).astype(np.float32)
-        probs = infer(batch).numpy()
-        if total is None:
-            total = np.zeros((h, w, probs.shape[-1]), np.float32)
-            count = np.zeros((h, w, 1), np.float32)
-        for (y, x), p in zip(chunk, probs):
-            total[y:y + win_h, x:x + win_w] += p
-            count[y:y + win_h, x:x + win_w] += 1.0
-    return total / count
 
 
 def expand_inputs(inputs: tuple[str, ...] | list[str]) -> tuple[list[str], list[tuple[str, str]]]:
@@ -386,7 +340,7 @@ def predict(config: PredictConfig, log: Callable[[str], None] = print,
         log(f"warning: {message}")
         result.failed.append(item)
     batch: list[tuple[str, np.ndarray]] = []
-    with progress(count_frames(files)) if progress else nullcontext(_NoBar()) as bar:
+    with open_bar(progress, count_frames(files)) as bar:
         for name, frame, error in iter_frames(files):
             if error:
                 log(f"warning: {error}")
@@ -403,8 +357,3 @@ def predict(config: PredictConfig, log: Callable[[str], None] = print,
             run(batch)
     result.total_seconds = time.perf_counter() - start
     return result
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass

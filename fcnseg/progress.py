@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import TextIO
+from typing import Callable, ContextManager, TextIO
 
 
 class Progress:
@@ -56,3 +56,21 @@ class Progress:
         per_step = f"{1000 * seconds / self.steps_here:.0f} ms/step" if self.steps_here else ""
         return (f"step {self.done}/{self.total}  loss {mean_loss:.4f}  lr {lr:.3g}  "
                 f"{seconds:.0f}s {per_step}").rstrip()
+
+
+class NoBar:
+    """Stands in for a progress bar (``click.progressbar``'s interface) when none is shown."""
+
+    def __enter__(self) -> "NoBar":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+    def update(self, n: int) -> None:
+        pass
+
+
+def open_bar(progress: Callable[[int], ContextManager] | None, total: int) -> ContextManager:
+    """``progress(total)`` (e.g. ``lambda n: click.progressbar(length=n)``), or a NoBar without one."""
+    return progress(total) if progress else NoBar()

@@ -739,16 +739,6 @@ def _current_lr(optimizer) -> float:
 
 def _data_error(error: Exception, source) -> str:
     """Turn a tf.data failure into one line that names the file at fault."""
-    import re
+    from fcnseg.validate import pipeline_error  # TODO(train): call pipeline_error directly, drop this wrapper
 
-    from fcnseg.validate import find_unreadable
-
-    bad = find_unreadable(source)
-    if bad:
-        return bad
-    first = str(getattr(error, "message", error)).strip().splitlines()[0]
-    # The pipeline's own checks (fcnseg.data) are asserts whose message names the file.
-    asserted = re.search(r"assertion failed: \[(.*)\]", first)
-    if asserted:
-        return asserted.group(1).replace("] [", " ")
-    return f"the input pipeline of the {source.name} source failed: {first}"
+    return pipeline_error(error, source)

@@ -1,32 +1,16 @@
-"""Finding the file behind a pipeline failure (corrupt, truncated, too large,
-mismatched) with check-labels' code; files are read by ``fcnseg.imageio``."""
+"""Naming the file behind a tf.data pipeline failure (corrupt, truncated, too large,
+mismatched) with check-labels' own checks, for training and evaluation alike."""
 
 from __future__ import annotations
 
-import numpy as np
+import re
 
-from fcnseg import imageio
-
-
-def read_file(path: str) -> tuple[np.ndarray | None, str]:
-    """Decode an image or label file keeping bit depth and channels (OpenCV: BGR order),
-    by ``fcnseg.imageio``'s policy. Returns (array, "") or (None, why it cannot be read)."""
-    try:
-        return imageio.read(path), ""
-    except imageio.ImageError as e:
-        return None, e.why
-
-
-def read_any(path: str) -> np.ndarray | None:
-    """Decode an image file with OpenCV, keeping bit depth and channels; None if unreadable."""
-    return read_file(path)[0]
+from fcnseg.check_labels import PIPELINE_FAILURES, check_labels
+from fcnseg.errors import FcnsegError
 
 
 def find_unreadable(source, splits=("train", "val")) -> str | None:
     """One line naming the first missing/corrupt file or size mismatch, else None."""
-    from fcnseg.check_labels import PIPELINE_FAILURES, check_labels
-    from fcnseg.errors import FcnsegError
-
     if getattr(source, "cached_samples", None) is None:
         return None
     for split in splits:
@@ -38,3 +22,16 @@ def find_unreadable(source, splits=("train", "val")) -> str | None:
         if first is not None:
             return f"{first.path}: {first.message}" + (f" ({first.detail})" if first.detail else "")
     return None
+
+
+def pipeline_error(error: Exception, source) -> str:
+    """One line naming the file at fault for a tf.data failure (``error``) of ``source``'s pipeline."""
+    bad = find_unreadable(source)
+    if bad:
+        return bad
+    first = str(getattr(error, "message", error)).strip().splitlines()[0]
+    # The pipeline's own checks (fcnseg.data) are asserts whose message names the file.
+    asserted = re.search(r"assertion failed: \[(.*)\]", first)
+    if asserted:
+        return asserted.group(1).replace("] [", " ")
+    return f"the input pipeline of the {source.name} source failed: {first}"

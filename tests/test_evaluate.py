@@ -234,3 +234,42 @@ def test_evaluate_scores_cityscapes_labels_at_their_own_resolution(tmp_path):
     non_void = sum(int(((ids != 0)).sum()) for ids in labels)  # id 0 (unlabeled) is void
     assert got.sum() == non_void  # label resolution: 80x48 per frame, not the images' 40x24
     np.testing.assert_array_equal(got, _independent_confusion(model, images, labels, (32, 16)))
+
+
+def test_camvid_recipe_uses_the_split_size_and_fcnseg_evaluate(tmp_path):
+    """tools/camvid_recipe.py counts the train split (no hard-coded 367) and scores with fcnseg.evaluate."""
+    import importlib.util
+    import types
+
+    from fcnseg import checkpoint
+    from fcnseg.evaluate import EvaluateConfig, evaluate
+    from fcnseg.models import linknet
+    from fcnseg.sources.camvid import CLASSES
+
+    spec = importlib.util.spec_from_file_location(
+        "camvid_recipe", os.path.join(os.path.dirname(__file__), "..", "tools", "camvid_recipe.py"))
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "camvid"
+    for split, n in (("train", 5), ("val", 2)):
+        os.makedirs(data / split)
+        os.makedirs(data / f"{split}annot")
+        for i in range(n):
+            cv2.imwrite(str(data / split / f"{split}{i}.png"), rng.integers(0, 255, (24, 32, 3), np.uint8))
+            label = np.full((24, 32), 3, np.uint8)  # road, a car block and a void strip
+            label[8:20, 4 + i:16 + i], label[:4] = 8, 11
+            cv2.imwrite(str(data / f"{split}annot" / f"{split}{i}.png"), label)
+    assert recipe.train_steps_per_epoch(str(data), 2) == 3 and recipe.train_steps_per_epoch(str(data), 8) == 1
+
+    ckpt = str(tmp_path / "last.keras")
+    checkpoint.save(linknet(CLASSES.num_classes, width=0.125), ckpt,
+                    {"model": "linknet", "source": {"name": "camvid", "image_size": [16, 12],
+                                                    "classes": CLASSES.to_json()}})
+    args = types.SimpleNamespace(data_dir=str(data), out=str(tmp_path))
+    got = recipe.evaluate_val(args, ckpt, log=lambda _: None)
+    expected = evaluate(EvaluateConfig(ckpt, "camvid", str(data), split="val"), log=lambda _: None)
+    assert got["images"] == 2 and got["confusion_matrix"] == expected["confusion_matrix"]
+    assert got["protocol"] == expected["protocol"]
+    with open(tmp_path / "evaluate.json") as f:
+        assert json.load(f)["mean_iou"] == got["mean_iou"]

@@ -312,7 +312,7 @@ def test_huge_image_is_refused_by_the_pipeline_and_predict(tmp_path, huge, camvi
     import tensorflow as tf
 
     from fcnseg import sources
-    from fcnseg.train import _data_error
+    from fcnseg.validate import pipeline_error
 
     data = tmp_path / "camvid"
     camvid(data)
@@ -322,7 +322,7 @@ def test_huge_image_is_refused_by_the_pipeline_and_predict(tmp_path, huge, camvi
     with pytest.raises(tf.errors.InvalidArgumentError, match="over the limit of 100000000 pixels") as caught:
         list(source.dataset("train", 1))
     assert str(image) in caught.value.message
-    assert _data_error(caught.value, source).startswith(f"{image}: 20000x20000 pixels is over the limit")
+    assert pipeline_error(caught.value, source).startswith(f"{image}: 20000x20000 pixels is over the limit")
     result = cli("predict", "--checkpoint", camvid_checkpoint, "-o", tmp_path / "out", image)
     one_line_error(result, "could not be read", image)
     assert f"{image}: 20000x20000 pixels is over the limit of 100000000 pixels" in result.stderr
@@ -336,7 +336,7 @@ def test_truncated_and_exif_rotated_jpegs_read_the_same_everywhere(tmp_path):
     import tensorflow as tf
 
     from fcnseg import data
-    from fcnseg.check_labels import _check_sample, Rules
+    from fcnseg.check_labels import Rules, check_sample
     from fcnseg.predict import iter_frames
     from fcnseg.source import Sample
     from fcnseg.sources.camvid import CLASSES
@@ -361,7 +361,7 @@ def test_truncated_and_exif_rotated_jpegs_read_the_same_everywhere(tmp_path):
     label = tmp_path / "label.png"
     cv2.imwrite(str(label), scene())
     rules = Rules("index", CLASSES, False, lambda p: CLASSES, lambda s: [])
-    result = _check_sample(rules, "train", 0, Sample(str(truncated), str(label)), True, False)
+    result = check_sample(rules, "train", 0, Sample(str(truncated), str(label)), True, False)
     assert [(p.path, p.reason) for p in result.problems] == [(str(truncated), "unreadable")]
-    result = _check_sample(rules, "train", 0, Sample(str(rotated), str(label)), True, False)
+    result = check_sample(rules, "train", 0, Sample(str(rotated), str(label)), True, False)
     assert result.problems == []  # raw orientation: 48x32, the label's size

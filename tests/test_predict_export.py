@@ -117,7 +117,7 @@ def test_predict_writes_label_color_overlay_for_images_and_video_frames(ckpt, lo
 def test_sliding_window_matches_whole_image(loaded):
     import keras
 
-    from fcnseg.predict import make_infer, sliding_window_probabilities, window_starts
+    from fcnseg.inference import make_infer, sliding_window_probabilities, window_starts
 
     assert window_starts(96, 48, 0.5) == [0, 24, 48] and window_starts(100, 48, 0.5) == [0, 24, 48, 52]
     assert window_starts(30, 48, 0.5) == [0]
@@ -139,7 +139,7 @@ def test_sliding_window_matches_whole_image(loaded):
 def test_flip_tta_averages_with_the_mirrored_prediction(loaded):
     import tensorflow as tf
 
-    from fcnseg.predict import make_infer
+    from fcnseg.inference import make_infer
 
     model = loaded[0]
     images = np.stack([scene(48, 32, 8), scene(48, 32, 9)]).astype(np.float32)

@@ -49,8 +49,6 @@ import dataclasses
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -127,7 +125,7 @@ def main() -> None:
         second = json.load(f)[-1]  # epoch 2: compiled, so it shows steady-state cost
     step_s = second["train_seconds"] / pilot_steps
     val_s = second["seconds"] - second["train_seconds"]
-    steps_per_epoch = math.ceil(367 / args.batch_size)
+    steps_per_epoch = train_steps_per_epoch(args.data_dir, args.batch_size)
     epoch_s = steps_per_epoch * step_s + val_s
     left_s = args.minutes * 60 - (time.time() - start)
     # 1.5x what the pilot predicts: the machine is shared, so the pilot's figure is noisy. The
@@ -144,7 +142,7 @@ def main() -> None:
     trained_min = (time.time() - start) / 60
     log(f"training done after {trained_min:.1f} min (budget {args.minutes:g})")
 
-    result = evaluate(args, os.path.join(run_dir, "last.keras"), log)
+    result = evaluate_val(args, os.path.join(run_dir, "last.keras"), log)
     summary = {"budget_minutes": args.minutes, "wall_minutes_pilot_and_training": round(trained_min, 1),
                "epochs": epochs, "pilot_step_s": round(step_s, 3), "config": dataclasses.asdict(config),
                "val": result}
@@ -156,44 +154,21 @@ def main() -> None:
     print(table)
 
 
-def evaluate(args, checkpoint: str, log) -> dict:
-    """Val scores at label resolution: ``fcnseg evaluate`` when this install has it, else the same
-    protocol here (model at the training size, probabilities resized bilinearly to the label)."""
-    out = os.path.join(args.out, "evaluate.json")
-    cmd = [os.path.join(os.path.dirname(sys.executable), "fcnseg"), "evaluate", "--checkpoint", checkpoint, "--data-source", "camvid",
-           "--data-dir", args.data_dir, "--split", "val", "--output", out]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode == 0 and os.path.isfile(out):
-        log("evaluated with fcnseg evaluate")
-        with open(out) as f:
-            return json.load(f)
-    log(f"fcnseg evaluate unavailable ({(done.stderr or done.stdout).strip().splitlines()[-1:]}); evaluating here")
-    return evaluate_here(args, checkpoint)
+def train_steps_per_epoch(data_dir: str, batch_size: int) -> int:
+    """Steps of one pass over CamVid's train split, as ``fcnseg train`` counts them."""
+    from fcnseg import sources
+
+    return max(1, math.ceil(sources.load("camvid", data_dir).split_size("train") / batch_size))
 
 
-def evaluate_here(args, checkpoint: str) -> dict:
-    import numpy as np
-    import tensorflow as tf
+def evaluate_val(args, checkpoint: str, log) -> dict:
+    """Val scores by ``fcnseg evaluate``'s protocol (the model at its training size, probabilities
+    resized bilinearly to the labels' 480x360); also written to ``OUT/evaluate.json``."""
+    from fcnseg.evaluate import EvaluateConfig, evaluate
 
-    from fcnseg import checkpoint as ckpt, sources
-    from fcnseg.metrics import batch_confusion, scores
-
-    model, meta, table = ckpt.load(checkpoint)
-    source = sources.load("camvid", args.data_dir, None, 0)
-    w, h = meta["source"]["image_size"]
-    n = source.num_classes
-
-    @tf.function
-    def confusion(image, label):
-        x = tf.image.resize(tf.cast(image, tf.float32)[None], (h, w), antialias=True)
-        prob = tf.nn.softmax(model(x, training=False))
-        prob = tf.image.resize(prob, tf.shape(label)[:2], method="bilinear")
-        return batch_confusion(label[None], prob, n)
-
-    cm = np.zeros((n, n), np.int64)
-    for image, label in source.elements("val"):
-        cm += confusion(image, label).numpy()
-    return scores(cm, source.class_names) | {"confusion_matrix": cm.tolist()}
+    config = EvaluateConfig(checkpoint, "camvid", args.data_dir, split="val",
+                            output=os.path.join(args.out, "evaluate.json"))
+    return evaluate(config, log=log)
 
 
 def markdown_table(result: dict) -> str:

@@ -23,6 +23,9 @@ from keras import ops
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 IMAGENET_RGB_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_RGB_STD = (0.229, 0.224, 0.225)
+# Batch norm as torchvision's ResNet has it (momentum 0.1 there: the weight of the new batch), so
+# converted torchvision weights and their statistics behave as in PyTorch.
+TORCH_BN = dict(epsilon=1e-5, momentum=0.9)
 
 
 def scaled(filters: int, width: float) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import keras
 
-from fcnseg.models.layers import CropToReference, FusedBatchNormalization, ImageNetNormalize, PadToMultiple, scaled
+from fcnseg.models.layers import (CropToReference, FusedBatchNormalization, ImageNetNormalize, PadToMultiple,
+                                  TORCH_BN, scaled)
 from fcnseg.models.resnet import resnet18, resnet34
 from fcnseg.models.weights import load_encoder_weights
 
@@ -19,11 +20,9 @@ ENCODERS = {"resnet18": resnet18, "resnet34": resnet34}
 # (in, out) channels of decoder4 .. decoder1, as in the paper's Table 1.
 DECODER_FILTERS = ((512, 256), (256, 128), (128, 64), (64, 64))
 
-_BN = dict(epsilon=1e-5, momentum=0.9)
-
 
 def _bn_relu(x, name: str):
-    x = FusedBatchNormalization(**_BN, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(**TORCH_BN, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 

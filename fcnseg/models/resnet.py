@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from fcnseg.models.layers import FusedBatchNormalization, scaled
+from fcnseg.models.layers import TORCH_BN, FusedBatchNormalization, scaled
 
 # Basic blocks per stage; stage filters are 64, 128, 256, 512.
 RESNET_DEPTHS: dict[str, tuple[int, int, int, int]] = {
@@ -25,8 +25,6 @@ RESNET_STAGE_OUTPUTS: dict[str, tuple[str, str, str, str]] = {
     "resnet18": ("stage1_block2_out", "stage2_block2_out", "stage3_block2_out", "stage4_block2_out"),
     "resnet34": ("stage1_block3_out", "stage2_block4_out", "stage3_block6_out", "stage4_block3_out"),
 }
-
-_BN = dict(epsilon=1e-5, momentum=0.9)  # torch defaults (momentum 0.1 there)
 
 
 def conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, relu: bool = True):
@@ -46,7 +44,7 @@ def conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, relu: bo
     x = keras.layers.Conv2D(
         filters, kernel_size, strides=strides, padding=padding, use_bias=False, name=name
     )(x)
-    x = FusedBatchNormalization(**_BN, name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(**TORCH_BN, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
