@@ -128,7 +128,7 @@ class Report:
 
 def check_labels(source, splits: Sequence[str] = ("train", "val"), *, values: bool = True,
                  previews_dir: str | None = None, num_previews: int = 8, workers: int | None = None,
-                 collect_orphans: bool = False, progress: Callable[[int], object] | None = None) -> Report:
+                 progress: Callable[[int], object] | None = None) -> Report:
     """Check every sample of ``splits``; see the module docstring for what is checked.
 
     Args:
@@ -136,8 +136,6 @@ def check_labels(source, splits: Sequence[str] = ("train", "val"), *, values: bo
         values: False checks only that files pair, decode and agree in size (fast path of
             ``validate.find_unreadable``).
         previews_dir: where to write ``num_previews`` blended previews (None: none).
-        collect_orphans: list unpaired files as problems instead of failing on the first.
-            The source then lists only the paired files: use a source built for the check.
         progress: ``n -> context manager with update(k)``, e.g. ``click.progressbar``.
     """
     if getattr(source, "cached_samples", None) is None:
@@ -146,7 +144,7 @@ def check_labels(source, splits: Sequence[str] = ("train", "val"), *, values: bo
         ensure_writable_dir(previews_dir, "--previews")
     start = time.perf_counter()
     report = Report(tuple(splits), tuple(source.class_names))
-    jobs = _list_jobs(source, splits, report, collect_orphans)
+    jobs = _list_jobs(source, splits, report)
     picks = _preview_picks(len(jobs), num_previews if previews_dir else 0)
     rules = Rules.of(source)
     results: list[SampleResult] = []
@@ -177,15 +175,16 @@ def check_labels(source, splits: Sequence[str] = ("train", "val"), *, values: bo
     return report
 
 
-def _list_jobs(source, splits: Sequence[str], report: Report, collect_orphans: bool) -> list[tuple[str, int, Sample]]:
+def _list_jobs(source, splits: Sequence[str], report: Report) -> list[tuple[str, int, Sample]]:
     """(split, index, sample) of every labelled sample; listing problems and orphans go to ``report``.
+
+    Unpaired files are reported when the source was built with ``collect_orphans=True``
+    (``sources.load(..., collect_orphans=True)``); otherwise listing stops at the first.
 
     A split with nothing at all in it is an error: "0 files checked, OK" would pass an empty
     or misnamed folder as a valid dataset.
     """
     jobs: list[tuple[str, int, Sample]] = []
-    if collect_orphans:
-        source.orphans = []
     for split in splits:
         listed = True
         try:
@@ -193,18 +192,14 @@ def _list_jobs(source, splits: Sequence[str], report: Report, collect_orphans: b
         except FcnsegError as e:
             samples, listed = [], False
             _add(report, split, Problem(str(getattr(source, "data_dir", source.name)), LISTING, str(e)))
-        orphans = getattr(source, "orphans", None) or ()
+        orphans = getattr(source, "orphans_of", lambda _: ())(split) if listed else ()
         if listed and not samples and not orphans:
             raise FcnsegError(f"the {split} split of the {source.name} source under "
                               f"{getattr(source, 'data_dir', None)} has no labelled images")
         for path, message in orphans:
             _add(report, split, Problem(path, MISSING_PAIR, message))
         report.files[split] = len(orphans)
-        if collect_orphans:
-            source.orphans = []
         jobs += [(split, i, s) for i, s in enumerate(samples)]
-    if collect_orphans:
-        source.orphans = None
     return jobs
 
 

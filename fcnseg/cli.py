@@ -253,9 +253,9 @@ def check_labels(data_source, data_dir, source_option, split, previews_dir, num_
 
     if weights_out:
         check_weights_out(weights_out)
-    source = sources.load(data_source, data_dir, **parse_source_options(source_option))
+    source = sources.load(data_source, data_dir, collect_orphans=True, **parse_source_options(source_option))
     report = run_check(source, ("train", "val") if split == "all" else (split,), previews_dir=previews_dir,
-                       num_previews=num_previews, workers=workers, collect_orphans=True,
+                       num_previews=num_previews, workers=workers,
                        progress=lambda n: click.progressbar(length=n, label="checking", file=sys.stderr))
     for line in report.lines():
         click.echo(line)
