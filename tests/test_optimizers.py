@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from fcnseg.optimizers import FusedAdam, FusedAdamW
-from fcnseg.train import TrainConfig, make_optimizer
+from fcnseg.optimizers import FusedAdam, FusedAdamW, make_optimizer
+from fcnseg.options import TrainConfig
 
 
 def _run(make_opt, steps: int = 5, seed: int = 0, strategy=None):

@@ -102,11 +102,11 @@ def test_fcn_bfloat16_on_the_cpu_is_refused_before_anything_is_written(tmp_path,
     assert "TF_ENABLE_ONEDNN_OPTS=0" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
     # LinkNet in bfloat16 is not refused.
-    from fcnseg.train import TrainConfig, _validate
+    from fcnseg.options import TrainConfig, validate
 
-    _validate(TrainConfig(model="linknet", mixed_precision="bfloat16"))
+    validate(TrainConfig(model="linknet", mixed_precision="bfloat16"))
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
-    _validate(TrainConfig(model="fcn8s", mixed_precision="bfloat16"))
+    validate(TrainConfig(model="fcn8s", mixed_precision="bfloat16"))
 
 
 def test_corrupt_image_stops_training_with_its_name(tmp_path):
