@@ -150,8 +150,8 @@ def train_option(*decls: str, help: str = "", **kwargs):
     if name in BOUNDS:
         text, sep, extra = help.partition("  [")
         help = f"{text} ({describe_bounds(name)}){sep}{extra}".lstrip()
-    if "default" not in kwargs and not kwargs.get("is_flag"):
-        kwargs.update(default=default(name), show_default=True)
+    if "default" not in kwargs:
+        kwargs.update(default=default(name), show_default=not kwargs.get("is_flag"))
     return click.option(*decls[:-1], name, help=help, **kwargs)
 
 
