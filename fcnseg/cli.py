@@ -108,7 +108,7 @@ def source_options(fn):
                       help="Source-specific option, e.g. task=lane for kitti (repeatable).")(fn)
     fn = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                       help="Root folder of the dataset (not needed for the synthetic source).")(fn)
-    fn = click.option("--data-source", default="synthetic", show_default=True,
+    fn = click.option("--data-source", default=default("data_source"), show_default=True,
                       help="Built-in source name (see `fcnseg sources`) or path of a source .py file.")(fn)
     return fn
 
@@ -212,8 +212,10 @@ def train_option(*decls: str, help: str = "", **kwargs):
               help="Continue the run in --run-dir from its last saved state, with its saved configuration "
                    "(only --epochs may change; a source .py file must be named again with --data-source).")
 @reports_errors
-def train(config_file: str | None, resume: bool, **params) -> None:
+def train(config_file: str | None, resume: bool, **_params) -> None:
     """Train a model; with no options, LinkNet on synthetic scenes (a few minutes on a CPU)."""
+    # The options are read through given_options: only those the user named override
+    # the --config file (or TrainConfig's defaults, which are the options' defaults).
     from fcnseg.options import TrainConfig, read_config_file, with_overrides
     from fcnseg.train import train as run_training
 

@@ -178,12 +178,13 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
         counters = _state_variables()
     opts = losses.LossOptions(class_weights=config.class_weights, fbeta=tuple(config.fbeta),
                               focal_gamma=config.focal_gamma)
+    loss_fn = losses.make_loss(config.loss, num_classes, opts)
     state = tf.train.Checkpoint(model=model, optimizer=optimizer, **counters)
     val_ds = source.valid_dataset(config.batch_size)
     return _Run(
         config=config, chief=chief, work_dir=work_dir, strategy=strategy, source=source, model=model,
-        optimizer=optimizer, eval_loss=losses.make_loss(config.loss, num_classes, opts),
-        train_step=_make_train_step(config, strategy, model, optimizer, losses.make_loss(config.loss, num_classes, opts)),
+        optimizer=optimizer, train_step=_make_train_step(config, strategy, model, optimizer, loss_fn),
+        eval_loss=losses.make_loss(config.loss, num_classes, opts),
         val_ds=val_ds.take(config.val_steps) if config.val_steps else val_ds,
         shown=_fixed_samples(source, config.num_images), state=state,
         manager=tf.train.CheckpointManager(state, os.path.join(work_dir, "state"), max_to_keep=1),
@@ -193,6 +194,7 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
 
 
 def build_model(config: TrainConfig, num_classes: int):
+    """The model ``config`` names (fcnseg.options.validate has checked the name)."""
     from fcnseg.models import MODELS
 
     kwargs = {"encoder_weights": config.encoder_weights, "width": config.width}
