@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import os
@@ -14,6 +13,7 @@ import click
 
 from fcnseg import __version__
 from fcnseg.errors import FcnsegError
+from fcnseg.options import BOUNDS, CHOICES, default, describe_bounds
 
 
 def image_size_option(value: str | None) -> tuple[int, int] | None:
@@ -39,7 +39,15 @@ def parse_source_options(values: tuple[str, ...]) -> dict:
 
 
 class FiniteFloat(click.FloatRange):
-    """A number option that refuses nan and inf, which click's FLOAT accepts."""
+    """A number option that refuses nan and inf, which click's FLOAT accepts (bounds optional)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.min is None and self.max is None:
+            self.name = "float"  # no "FLOAT RANGE" in --help for a number without bounds
+
+    def _describe_range(self) -> str:
+        return "" if self.min is None and self.max is None else super()._describe_range()
 
     def convert(self, value, param, ctx):
         number = super().convert(value, param, ctx)
@@ -100,7 +108,7 @@ def source_options(fn):
                       help="Source-specific option, e.g. task=lane for kitti (repeatable).")(fn)
     fn = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
                       help="Root folder of the dataset (not needed for the synthetic source).")(fn)
-    fn = click.option("--data-source", default="synthetic", show_default=True,
+    fn = click.option("--data-source", default=default("data_source"), show_default=True,
                       help="Built-in source name (see `fcnseg sources`) or path of a source .py file.")(fn)
     return fn
 
@@ -119,112 +127,140 @@ def main(verbose: bool) -> None:
         quiet_tensorflow()
 
 
+class TableChoice(click.Choice):
+    """A click.Choice whose names come from a library table, read when first needed
+    (``fcnseg.options.CHOICES``: the model and optimizer tables import TensorFlow)."""
+
+    def __init__(self, field_name: str) -> None:
+        self.field_name = field_name
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(name for name in CHOICES[self.field_name]() if name is not None)
+
+
+def train_option(*decls: str, help: str = "", **kwargs):
+    """A ``train`` option for the TrainConfig field named by the last of ``decls``: its default is
+    the field's default, a choice field takes the names of its table, and a numeric field's
+    help states its bounds (checked, like everything, by fcnseg.options.validate)."""
+    name = decls[-1]
+    if name in CHOICES:
+        kwargs.setdefault("type", TableChoice(name))
+    if name in BOUNDS:
+        text, sep, extra = help.partition("  [")
+        help = f"{text} ({describe_bounds(name)}){sep}{extra}".lstrip()
+    if "default" not in kwargs:
+        kwargs.update(default=default(name), show_default=not kwargs.get("is_flag"))
+    return click.option(*decls[:-1], name, help=help, **kwargs)
+
+
 @main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="Start from the options in this JSON file (a run's config.json, or any subset of its keys); "
+                   "options given on the command line override it, --source-option key by key.")
 @source_options
-@click.option("--model", default="linknet", show_default=True,
-              type=click.Choice(["fcn8s", "fcn16s", "fcn32s", "linknet"]), help="Architecture.")
-@click.option("--encoder", default="resnet18", show_default=True, type=click.Choice(["resnet18", "resnet34"]),
-              help="LinkNet encoder.")
-@click.option("--encoder-weights", default=None,
+@train_option("--model", "model", help="Architecture.")
+@train_option("--encoder", "encoder", help="LinkNet encoder.")
+@train_option("--encoder-weights", "encoder_weights",
               help="'imagenet' (FCN: VGG16 via keras.applications) or a local weights file.")
-@click.option("--init-from", type=click.Path(dir_okay=False), default=None,
+@train_option("--init-from", "init_from", type=click.Path(dir_okay=False),
               help="Start from the weights of this fcnseg checkpoint (fine-tuning; same model and classes).")
-@click.option("--width", default=1.0, show_default=True, type=FiniteFloat(min=0.01),
-              help="Filter-count multiplier; 1.0 is the paper's model.")
-@click.option("--image-size", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
-              help="Training size, e.g. 480x360 (default: the source's).")
-@click.option("--epochs", default=None, type=click.IntRange(min=1),
-              help="Epochs to train  [default: 6; with --resume: the run's own, or this many in all]")
-@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
-@click.option("--steps-per-epoch", default=None, type=click.IntRange(min=1),
+@train_option("--width", "width", type=FiniteFloat(), help="Filter-count multiplier; 1.0 is the paper's model.")
+@train_option("--image-size", "image_size", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
+              default=None, help="Training size, e.g. 480x360 (default: the source's).")
+@train_option("--epochs", "epochs", default=None, type=int,
+              help=f"Epochs to train  [default: {default('epochs')}; with --resume: the run's own, or this many in all]")
+@train_option("--batch-size", "batch_size", type=int)
+@train_option("--steps-per-epoch", "steps_per_epoch", type=int,
               help="Steps per epoch (default: one pass over the training split).")
-@click.option("--val-steps", default=None, type=click.IntRange(min=1),
+@train_option("--val-steps", "val_steps", type=int,
               help="Validation batches per epoch (default: the whole validation split).")
-@click.option("--optimizer", default="adam", show_default=True, type=click.Choice(["adam", "sgd", "rmsprop"]))
-@click.option("--learning-rate", "--lr", "learning_rate", default=1e-3, show_default=True,
-              type=FiniteFloat(min=0, min_open=True))
-@click.option("--momentum", default=0.9, show_default=True, type=FiniteFloat(0, 1), help="SGD/RMSprop momentum.")
-@click.option("--weight-decay", default=0.0, show_default=True, type=FiniteFloat(min=0),
-              help="Decoupled weight decay.")
-@click.option("--schedule", default="constant", show_default=True,
-              type=click.Choice(["constant", "poly", "step", "onecycle"]), help="Learning-rate schedule.")
-@click.option("--class-weights", default=None, metavar="W0,W1,...|FILE",
+@train_option("--optimizer", "optimizer")
+@train_option("--learning-rate", "--lr", "learning_rate", type=FiniteFloat())
+@train_option("--momentum", "momentum", type=FiniteFloat(), help="SGD/RMSprop momentum.")
+@train_option("--weight-decay", "weight_decay", type=FiniteFloat(), help="Decoupled weight decay.")
+@train_option("--schedule", "schedule", help="Learning-rate schedule.")
+@train_option("--class-weights", "class_weights", metavar="W0,W1,...|FILE",
               help="Per-class loss weights, one per class, or a JSON file holding them "
                    "(e.g. the class_weights.json that `fcnseg check-labels` writes).")
-@click.option("--loss", default="ce", show_default=True,
-              help="Loss: ce, dice, fbeta, focal, tversky, or a weighted sum such as 'ce+0.5*dice'. "
-                   "Void pixels are ignored by all of them.")
-@click.option("--fbeta", default=None, metavar="B|B0,B1,...",
-              help="Beta of the fbeta loss: one value, or one per class (e.g. 2 for cars, 0.5 for road).")
-@click.option("--focal-gamma", default=2.0, show_default=True, type=FiniteFloat(min=0))
-@click.option("--accumulate", default=1, show_default=True, type=click.IntRange(min=1),
+@train_option("--loss", "loss", help="Loss: ce, dice, fbeta, focal, tversky, or a weighted sum such as "
+                                     "'ce+0.5*dice'. Void pixels are ignored by all of them.")
+@train_option("--fbeta", "fbeta", default=None, metavar="B|B0,B1,...",
+              help="Beta of the fbeta loss: one value, or one per class (e.g. 2 for cars, 0.5 for road)  "
+                   f"[default: {','.join(f'{b:g}' for b in default('fbeta'))}]")
+@train_option("--focal-gamma", "focal_gamma", type=FiniteFloat())
+@train_option("--accumulate", "accumulate", type=int,
               help="Accumulate gradients over N batches before each update (large images, small memory).")
-@click.option("--mixed-precision", type=click.Choice(["float16", "bfloat16"]), default=None,
+@train_option("--mixed-precision", "mixed_precision",
               help="Compute in float16/bfloat16, keep variables, softmax and loss in float32 "
                    "(bfloat16 with an FCN on the CPU is refused: it crashes TF's oneDNN kernels).")
-@click.option("--strategy", default="default", show_default=True,
-              type=click.Choice(["default", "mirrored", "multiworker"]),
-              help="tf.distribute strategy; multiworker reads the cluster from TF_CONFIG.")
-@click.option("--deterministic", is_flag=True, help="Bit-identical reruns (TF op determinism; slower).")
-@click.option("--jit", is_flag=True, help="XLA-compile the training step.")
-@click.option("--max-minutes", default=None, type=FiniteFloat(min=0, min_open=True),
+@train_option("--strategy", "strategy", help="tf.distribute strategy; multiworker reads the cluster from TF_CONFIG.")
+@train_option("--deterministic", "deterministic", is_flag=True,
+              help="Bit-identical reruns (TF op determinism; slower).")
+@train_option("--jit", "jit_compile", is_flag=True, help="XLA-compile the training step.")
+@train_option("--max-minutes", "max_minutes", type=FiniteFloat(),
               help="Wall-clock budget: stop when spent (mid-epoch), then validate and save.")
-@click.option("--image-every", default=1, show_default=True, type=click.IntRange(min=0),
-              help="Epochs between TensorBoard image overlays (0: never).")
-@click.option("--monitor", default="mean_iou", show_default=True,
-              type=click.Choice(["mean_iou", "pixel_accuracy", "mean_accuracy"]),
-              help="Validation figure that selects best.keras.")
+@train_option("--image-every", "image_every", type=int, help="Epochs between TensorBoard image overlays (0: never).")
+@train_option("--monitor", "monitor", help="Validation figure that selects best.keras.")
 @click.option("--no-augment", is_flag=True, help="Train without random scale/crop/flip/colour jitter.")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--run-dir", default=None, type=click.Path(),
+@train_option("--seed", "seed", type=int)
+@train_option("--run-dir", "run_dir", default=None, type=click.Path(),
               help="Where checkpoints, config and TensorBoard logs go (default: runs/DATE-TIME-MODEL).")
-@click.option("--save-every", default=200, show_default=True, type=click.IntRange(min=1),
-              help="Steps between resumable state saves.")
+@train_option("--save-every", "save_every", type=int, help="Steps between resumable state saves.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --run-dir from its last saved state, with its saved configuration "
                    "(only --epochs may change; a source .py file must be named again with --data-source).")
 @reports_errors
-def train(data_source, data_dir, source_option, model, encoder, encoder_weights, init_from, width, image_size,
-          epochs,
-          batch_size, steps_per_epoch, val_steps, optimizer, learning_rate, momentum, weight_decay, schedule,
-          class_weights, loss, fbeta, focal_gamma, accumulate, mixed_precision, strategy, deterministic, jit,
-          max_minutes, image_every, monitor, no_augment, seed, run_dir, save_every, resume):
+def train(config_file: str | None, resume: bool, **_params) -> None:
     """Train a model; with no options, LinkNet on synthetic scenes (a few minutes on a CPU)."""
-    from fcnseg.train import TrainConfig, train as run_training
+    # The options are read through given_options: only those the user named override
+    # the --config file (or TrainConfig's defaults, which are the options' defaults).
+    from fcnseg.options import TrainConfig, read_config_file, with_overrides
+    from fcnseg.train import train as run_training
 
-    if resume and run_dir is None:
-        raise click.BadParameter("--resume needs the --run-dir of the run to continue", param_hint="--resume")
-    run_dir = run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S") + f"-{model}")
-    config = TrainConfig(
-        data_source=data_source, data_dir=data_dir, source_options=parse_source_options(source_option),
-        model=model, encoder=encoder, encoder_weights=encoder_weights, init_from=init_from, width=width,
-        image_size=image_size,
-        epochs=epochs or TrainConfig.epochs, batch_size=batch_size, steps_per_epoch=steps_per_epoch, val_steps=val_steps,
-        optimizer=optimizer, learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay,
-        schedule=schedule, class_weights=parse_class_weights(class_weights),
-        loss=loss, fbeta=parse_floats(fbeta, "--fbeta") or (1.0,), focal_gamma=focal_gamma,
-        accumulate=accumulate, mixed_precision=mixed_precision, strategy=strategy, deterministic=deterministic,
-        jit_compile=jit, max_minutes=max_minutes, image_every=image_every, monitor=monitor,
-        augment=not no_augment, seed=seed, run_dir=run_dir, save_every=save_every,
-    )
-    explicit = explicit_options(click.get_current_context(), config)
-    best = run_training(config, resume=resume, log=click.echo, resume_epochs=epochs, explicit=explicit)
-    click.echo(f"done: best val mIoU {best.get('mean_iou', float('nan')):.4f}; checkpoints in {run_dir} "
-               f"(tensorboard --logdir {run_dir})")
-
-
-# train's parameters whose TrainConfig field has another name.
-_TRAIN_FIELDS = {"source_option": "source_options", "jit": "jit_compile", "no_augment": "augment"}
+    given = given_options(click.get_current_context())
+    run_dir = given.get("run_dir")
+    if resume:
+        if run_dir is None:
+            raise click.BadParameter("--resume needs the --run-dir of the run to continue", param_hint="--resume")
+        if config_file:
+            raise click.BadParameter("a resumed run keeps its own config.json; start a new --run-dir to use "
+                                     "--config", param_hint="--config")
+        config = TrainConfig(run_dir=run_dir)
+    else:
+        values = with_overrides(read_config_file(config_file) if config_file else {}, given)
+        values.setdefault("run_dir", os.path.join(
+            "runs", time.strftime("%Y%m%d-%H%M%S") + f"-{values.get('model', TrainConfig.model)}"))
+        config = TrainConfig(**values)
+    best = run_training(config, resume=resume, log=click.echo, resume_epochs=given.get("epochs"), explicit=given)
+    click.echo(f"done: best val mIoU {best.get('mean_iou', float('nan')):.4f}; checkpoints in {config.run_dir} "
+               f"(tensorboard --logdir {config.run_dir})")
 
 
-def explicit_options(ctx: click.Context, config) -> dict:
+# train's parameters that need converting into their TrainConfig field.
+_TRAIN_FIELDS = {
+    "source_option": ("source_options", parse_source_options),
+    "no_augment": ("augment", lambda flag: not flag),
+    "class_weights": ("class_weights", parse_class_weights),
+    "fbeta": ("fbeta", lambda value: parse_floats(value, "--fbeta")),
+}
+
+
+def given_options(ctx: click.Context) -> dict:
     """The TrainConfig fields the user set on the command line (or by environment), with their values."""
     from click.core import ParameterSource
 
-    fields = {f.name for f in dataclasses.fields(config)}
-    named = [_TRAIN_FIELDS.get(name, name) for name in ctx.params
-             if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
-    return {name: getattr(config, name) for name in named if name in fields}
+    from fcnseg.options import FIELDS
+
+    given = {}
+    for name, value in ctx.params.items():
+        if ctx.get_parameter_source(name) not in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            continue
+        field_name, convert = _TRAIN_FIELDS.get(name, (name, lambda v: v))
+        if field_name in FIELDS:
+            given[field_name] = convert(value)
+    return given
 
 
 @main.command("check-labels")
@@ -279,10 +315,10 @@ def check_labels(data_source, data_dir, source_option, split, previews_dir, num_
 @click.option("--window", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
               help="Sliding-window inference with WxH tiles at native size (for images larger than the "
                    "training size).")
-@click.option("--overlap", default=1 / 3, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+@click.option("--overlap", default=1 / 3, show_default=True, type=FiniteFloat(0, 1, max_open=True),
               help="Fraction of a window shared with its neighbour.")
 @click.option("--flip", is_flag=True, help="Average with the prediction of the horizontally flipped image.")
-@click.option("--beta", default=1.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+@click.option("--beta", default=1.0, show_default=True, type=FiniteFloat(min=0, min_open=True),
               help="Beta of the per-class F-beta column.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Also write every figure and the confusion matrix to this JSON file.")
@@ -352,10 +388,10 @@ def _morphology_value(value: str) -> tuple[str, int]:
 @click.option("--window", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
               help="Predict images larger than WxH in overlapping WxH tiles, averaging probabilities "
                    "(default: the whole image at once).")
-@click.option("--overlap", default=0.5, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+@click.option("--overlap", default=0.5, show_default=True, type=FiniteFloat(0, 1, max_open=True),
               help="Fraction of a window shared with its neighbour.")
 @click.option("--flip", is_flag=True, help="Test-time augmentation: average with the horizontally flipped image.")
-@click.option("--alpha", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+@click.option("--alpha", default=0.5, show_default=True, type=FiniteFloat(0, 1),
               help="Weight of the class colour in the overlay.")
 @click.option("--threshold", multiple=True, metavar="CLASS=P",
               help="A class whose probability is below P cannot win, e.g. road=0.7 (repeatable; "

@@ -102,11 +102,11 @@ def test_fcn_bfloat16_on_the_cpu_is_refused_before_anything_is_written(tmp_path,
     assert "TF_ENABLE_ONEDNN_OPTS=0" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
     # LinkNet in bfloat16 is not refused.
-    from fcnseg.train import TrainConfig, _validate
+    from fcnseg.options import TrainConfig, validate
 
-    _validate(TrainConfig(model="linknet", mixed_precision="bfloat16"))
+    validate(TrainConfig(model="linknet", mixed_precision="bfloat16"))
     monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
-    _validate(TrainConfig(model="fcn8s", mixed_precision="bfloat16"))
+    validate(TrainConfig(model="fcn8s", mixed_precision="bfloat16"))
 
 
 def test_corrupt_image_stops_training_with_its_name(tmp_path):
@@ -231,3 +231,127 @@ def test_init_from_checkpoint(tiny_run, tmp_path):
         "    return Two(image_size, seed, train_size=int(train_size), val_size=int(val_size))\n")
     result = run("train", *TINY, "--data-source", str(src), "--init-from", best, "--run-dir", str(tmp_path / "c"))
     assert result.exit_code != 0 and "predicts 6 classes but the source has 2" in result.output
+
+
+def _folder_data(root, splits=("train", "val"), n=2):
+    import cv2
+
+    for split in splits:
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for k in range(n):
+            rng = np.random.default_rng(k)
+            cv2.imwrite(str(root / "images" / split / f"{k}.png"), rng.integers(0, 255, (32, 48, 3), np.uint8))
+            cv2.imwrite(str(root / "masks" / split / f"{k}.png"), rng.integers(0, 2, (32, 48), np.uint8))
+    (root / "classes.csv").write_text("name,id\na,0\nb,1\n")
+    return root
+
+
+@pytest.mark.parametrize("num_images", [4, 0])
+def test_corrupt_validation_label_stops_training_with_its_name(tmp_path, num_images):
+    """With num_images > 0 the fixed TensorBoard samples read it first; with 0, the epoch's validation."""
+    from fcnseg.errors import FcnsegError
+    from fcnseg.train import TrainConfig, train
+
+    data = _folder_data(tmp_path / "data")
+    bad = data / "masks" / "val" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated
+    config = TrainConfig(data_source="folder", data_dir=str(data), width=0.125, image_size=(48, 32), batch_size=2,
+                         epochs=1, num_images=num_images, run_dir=str(tmp_path / "r"))
+    with pytest.raises(FcnsegError) as caught:
+        train(config, log=lambda s: None)
+    message = str(caught.value)
+    assert message.startswith(f"{bad}: ") and "\n" not in message, message
+    assert not (tmp_path / "r" / "best.keras").exists()
+
+
+# --- one source of truth for options: tables, TrainConfig defaults, one validation, --config ----
+
+def test_train_options_come_from_the_tables_and_trainconfig_defaults(monkeypatch):
+    from fcnseg import options
+    from fcnseg.models import MODELS
+    from fcnseg.models.linknet import ENCODERS
+    from fcnseg.optimizers import OPTIMIZERS, SCHEDULES
+
+    params = {p.name: p for p in main.commands["train"].params}
+    assert params["model"].type.choices == tuple(MODELS)
+    assert params["encoder"].type.choices == tuple(ENCODERS)
+    assert params["optimizer"].type.choices == tuple(OPTIMIZERS)
+    assert params["schedule"].type.choices == tuple(SCHEDULES)
+    assert params["strategy"].type.choices == options.STRATEGIES
+    assert params["mixed_precision"].type.choices == ("float16", "bfloat16")
+    assert params["monitor"].type.choices == options.MONITORS
+    monkeypatch.setitem(MODELS, "linknet2", MODELS["linknet"])  # a model added to the table is offered
+    assert "linknet2" in params["model"].type.choices
+    defaulted = {name: p.default for name, p in params.items() if name in options.FIELDS and p.default is not None}
+    assert {"model", "width", "batch_size", "learning_rate", "momentum", "schedule", "save_every"} <= set(defaulted)
+    for name, value in defaulted.items():
+        assert value == options.default(name), name
+
+
+def test_monitor_names_are_figures_that_scores_reports():
+    from fcnseg.metrics import scores
+    from fcnseg.options import MONITORS
+
+    assert set(MONITORS) <= set(scores(np.eye(2), ["a", "b"]))
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--batch-size", "0"], "--batch-size 0 is out of range: at least 1"),
+    (["--momentum", "1.5"], "--momentum 1.5 is out of range: 0 to 1"),
+    (["--lr", "0"], "--lr 0.0 is out of range: above 0"),
+    (["--width", "0.001"], "--width 0.001 is out of range: at least 0.01"),
+    (["--image-every", "-1"], "--image-every -1 is out of range: at least 0"),
+])
+def test_out_of_range_options_are_refused_by_the_library_with_the_option_name(tmp_path, args, needle):
+    from fcnseg.errors import FcnsegError
+    from fcnseg.options import TrainConfig, validate
+
+    result = run("train", *TINY, "--run-dir", str(tmp_path / "r"), *args)
+    assert result.exit_code == 1 and result.output.strip() == f"Error: {needle}", result.output
+    assert not (tmp_path / "r").exists()
+    field = {"--lr": "learning_rate"}.get(args[0], args[0][2:].replace("-", "_"))
+    with pytest.raises(FcnsegError, match=f"^{needle}$".replace("(", r"\(").replace(")", r"\)")):
+        validate(TrainConfig(**{field: type(getattr(TrainConfig, field))(args[1])}))
+
+
+def test_config_file_reproduces_a_run(tiny_run, tmp_path):
+    original = json.loads((tiny_run[0] / "config.json").read_text())
+    new = tmp_path / "again"
+    result = run("train", "--config", str(tiny_run[0] / "config.json"), "--run-dir", str(new))
+    assert result.exit_code == 0, result.output
+    assert json.loads((new / "config.json").read_text()) == original | {"run_dir": str(new)}
+    assert [h["epoch"] for h in json.loads((new / "history.json").read_text())] == [1, 2]
+    # Flags given on the command line override the file; source options merge key by key.
+    over = tmp_path / "over"
+    result = run("train", "--config", str(tiny_run[0] / "config.json"), "--run-dir", str(over), "--epochs", "1",
+                 "--lr", "0.01", "--steps-per-epoch", "1", "--source-option", "val_size=2")
+    assert result.exit_code == 0, result.output
+    changed = {"run_dir": str(over), "epochs": 1, "learning_rate": 0.01, "steps_per_epoch": 1,
+               "source_options": original["source_options"] | {"val_size": "2"}}
+    assert json.loads((over / "config.json").read_text()) == original | changed
+
+
+@pytest.mark.parametrize("content, needle", [
+    ({"model": "linknet", "lerning_rate": 0.1}, "unknown option 'lerning_rate'"),
+    ({"epochs": 0}, "epochs: 0 is out of range: at least 1"),
+    ({"optimizer": "adagrad"}, "optimizer: 'adagrad' is unknown; choose one of adam, sgd, rmsprop"),
+    ({"batch_size": "8"}, "batch_size: '8' is not a whole number"),
+    ({"image_size": [48]}, "image_size: [48] is not [width, height]"),
+    ({"learning_rate": float("nan")}, "learning_rate: nan is not a finite number"),
+    ([1, 2], "holds no JSON object of options"),
+    ("{not json", "is not JSON"),
+])
+def test_bad_config_file_is_one_line_naming_the_file(tmp_path, content, needle):
+    path = tmp_path / "c.json"
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    result = run("train", "--config", str(path), "--run-dir", str(tmp_path / "r"))
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"--config {path}" in lines[0] and needle in lines[0], result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_config_cannot_be_combined_with_resume(tiny_run):
+    result = run("train", "--resume", "--run-dir", str(tiny_run[0]), "--config", str(tiny_run[0] / "config.json"))
+    assert result.exit_code == 2 and "--config" in result.output and "keeps its own config.json" in result.output

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from fcnseg.errors import FcnsegError
-from fcnseg.train import TrainConfig, make_optimizer, make_schedule, train
+from fcnseg.optimizers import make_optimizer, make_schedule
+from fcnseg.train import TrainConfig, train
 
 TINY = dict(width=0.125, image_size=(48, 32), batch_size=2, steps_per_epoch=3, val_steps=2, epochs=1,
             source_options={"train_size": 8, "val_size": 4}, num_images=2)
