@@ -568,6 +568,7 @@ def _current_lr(optimizer) -> float:
 
 def _data_error(error: Exception, source) -> str:
     """Turn a tf.data failure into one line that names the file at fault."""
-    from fcnseg.validate import pipeline_error  # TODO(train): call pipeline_error directly, drop this wrapper
+    # Imported only once a pipeline has failed: the diagnosis re-reads files with check-labels' rules.
+    from fcnseg.validate import pipeline_error
 
     return pipeline_error(error, source)
