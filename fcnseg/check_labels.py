@@ -328,6 +328,9 @@ class Rules:
     resized: bool  # labels may be stored at another resolution than their image
     table_for: Callable[[str], ClassTable]  # a file's table (Cityscapes: labelIds or labelTrainIds)
     color_labels: Callable[[Sample], list[str]]  # extra colour files to check (Cityscapes *_color.png)
+    # The file as read -> the index array its table describes, where that is not the file itself
+    # (Lyft/CARLA: ids in the red channel, the ego hood given a void id of its own).
+    label_ids: Callable[[np.ndarray, str], np.ndarray] | None = None
     _luts: dict = field(default_factory=dict)
 
     @classmethod
@@ -335,7 +338,8 @@ class Rules:
         return cls(getattr(source, "label_format", "index"), source.classes,
                    bool(getattr(source, "labels_resized", False)),
                    getattr(source, "label_table", None) or (lambda path: source.classes),
-                   getattr(source, "color_labels", None) or (lambda sample: []))
+                   getattr(source, "color_labels", None) or (lambda sample: []),
+                   getattr(source, "label_ids", None))
 
     @property
     def num_classes(self) -> int:
@@ -358,6 +362,8 @@ class Rules:
     def check_label(self, label: np.ndarray, path: str) -> tuple[list[tuple[str, str]], np.ndarray | None]:
         """(problems as (reason, message), train ids the pipeline would see or None)."""
         table = self.table_for(path)
+        if self.label_ids is not None:
+            label = self.label_ids(label, path)
         if self.format == "color":
             found, train = _check_colors(label, self._lut(table, "colors"), self.table.ignore_label)
         else:

@@ -26,6 +26,9 @@ BUILTIN: dict[str, str] = {
     "cityscapes": "fcnseg.sources.cityscapes",
     "camvid": "fcnseg.sources.camvid",
     "folder": "fcnseg.sources.folder",
+    "lyft": "fcnseg.sources.lyft",
+    "bdd100k": "fcnseg.sources.bdd100k",
+    "carvana": "fcnseg.sources.carvana",
 }
 
 ENTRY_POINT_GROUP = "fcnseg.sources"

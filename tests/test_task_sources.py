@@ -1,0 +1,154 @@
+"""The sources of the three tasks fcnseg grew from: Lyft/CARLA, BDD100K drivable area, Carvana.
+
+Fixtures are written in each dataset's released layout; the real samples under
+../shared/data are used where present (skipped otherwise).
+"""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from fcnseg import sources
+from fcnseg.check_labels import check_labels
+from fcnseg.errors import FcnsegError
+from tests.conftest import shared_data
+
+W, H = 40, 24
+
+
+def write(path, array) -> str:
+    """Write a PNG (RGB arrays are given in RGB order)."""
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    array = np.asarray(array)
+    assert cv2.imwrite(str(path), array[..., ::-1] if array.ndim == 3 else array), path
+    return str(path)
+
+
+def image(seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+def pipeline_labels(source, split) -> dict:
+    paths = [s.label for s in source.cached_samples(split)]
+    labels = [lab[0] for _, lab in source.dataset(split, 1).as_numpy_iterator()]
+    assert len(labels) == len(paths)
+    return dict(zip(paths, labels))
+
+
+# ---------------------------------------------------------------- Lyft / CARLA
+
+def carla_frame(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(CARLA ids, challenge train ids): road (7) with lines (6), a car (10) on the road, the
+    ego hood (10) along the bottom rows, other classes elsewhere."""
+    rng = np.random.default_rng(seed)
+    ids = np.kron(rng.choice([0, 1, 2, 3, 4, 5, 8, 9, 11, 12], (H // 2, W // 2)), np.ones((2, 2), int))
+    ids[12:20] = 7
+    ids[14:16, 4:36:8] = 6
+    ids[12:16, 10 + seed:18 + seed] = 10  # another car: stays a vehicle
+    ids[20:] = 10  # the hood, touching the bottom edge
+    ids[19, 10:30] = 10  # its curved top edge
+    train = np.select([(ids == 7) | (ids == 6), ids == 10], [1, 2], 0)
+    train[19:][ids[19:] == 10] = 255
+    return ids.astype(np.uint8), train
+
+
+def carla_seg(ids: np.ndarray) -> np.ndarray:
+    """CameraSeg as CARLA writes it: the id in the red channel, green and blue 0."""
+    return np.stack([ids, np.zeros_like(ids), np.zeros_like(ids)], -1)
+
+
+@pytest.fixture(scope="module")
+def lyft_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lyft")
+    expected, carla = {}, {}
+    for k in range(5):
+        write(root / f"Train/CameraRGB/{k}.png", image(k))
+        ids, train = carla_frame(k)
+        path = write(root / f"Train/CameraSeg/{k}.png", carla_seg(ids))
+        expected[path], carla[path] = train, np.where(train == 255, 255, ids)
+    return root, expected, carla
+
+
+def test_lyft_challenge_classes_and_hood(lyft_dir):
+    root, expected, _ = lyft_dir
+    source = sources.load("lyft", str(root), image_size=(W, H), val_fraction="0.4")
+    assert source.class_names == ("background", "road", "vehicles")
+    assert (source.num_training, source.num_validation) == (3, 2)
+    for split in ("train", "val"):
+        for path, label in pipeline_labels(source, split).items():
+            np.testing.assert_array_equal(label, expected[path])
+
+
+def test_lyft_raw_carla_classes_and_no_hood(lyft_dir):
+    root, _, carla = lyft_dir
+    source = sources.load("lyft", str(root), image_size=(W, H), classes="carla")
+    assert source.num_classes == 13 and source.class_names[7] == "roads" and source.class_names[10] == "vehicles"
+    for path, label in pipeline_labels(source, "val").items():
+        np.testing.assert_array_equal(label, carla[path])
+    kept = sources.load("lyft", str(root), image_size=(W, H), hood="none")
+    for path, label in pipeline_labels(kept, "val").items():
+        assert (label[20:] == 2).all()  # the hood stays a vehicle
+
+
+def test_lyft_hood_mask_file(lyft_dir, tmp_path):
+    root, expected, _ = lyft_dir
+    hood = np.zeros((H, W), np.uint8)
+    hood[22:] = 255
+    source = sources.load("lyft", str(root), image_size=(W, H), hood=write(tmp_path / "hood.png", hood))
+    for path, label in pipeline_labels(source, "val").items():
+        assert (label[22:] == 255).all() and (label[20:22] == 2).all()
+
+
+def test_lyft_own_val_folder_is_the_val_split(lyft_dir, tmp_path):
+    root, _, _ = lyft_dir
+    import shutil
+
+    shutil.copytree(root / "Train", tmp_path / "Train")
+    for sub in ("CameraRGB", "CameraSeg"):
+        os.makedirs(tmp_path / "val" / sub)
+        shutil.move(str(tmp_path / "Train" / sub / "4.png"), str(tmp_path / "val" / sub / "4.png"))
+    source = sources.load("lyft", str(tmp_path), image_size=(W, H))
+    assert [os.path.basename(s.image) for s in source.cached_samples("val")] == ["4.png"]
+    assert source.num_training == 4
+
+
+def test_lyft_check_labels_passes_and_flags_unknown_ids(lyft_dir, tmp_path):
+    root, _, _ = lyft_dir
+    report = check_labels(sources.load("lyft", str(root), collect_orphans=True), previews_dir=str(tmp_path / "p"),
+                          num_previews=5)  # previews also compare with the tf.data decoder, hood included
+    assert report.ok, report.lines()
+    assert report.pixel_counts["train"][2] == 4 * 4 * 8  # 4 train frames: the other car only, not the hood
+    bad = tmp_path / "bad"
+    ids, _ = carla_frame(0)
+    ids[0:2, 0:4] = 13  # no CARLA 0.8 id
+    write(bad / "Train/CameraRGB/0.png", image(0))
+    write(bad / "Train/CameraSeg/0.png", carla_seg(ids))
+    write(bad / "Train/CameraRGB/1.png", image(1))
+    write(bad / "Train/CameraSeg/1.png", carla_seg(carla_frame(1)[0]))
+    report = check_labels(sources.load("lyft", str(bad), collect_orphans=True))
+    assert [p.reason for p in report.problems] == ["unknown values"]
+    assert "13 x 8 px" in report.problems[0].message
+
+
+def test_lyft_wrong_layout_and_option(tmp_path):
+    with pytest.raises(FcnsegError, match=r"Train[/\\]CameraRGB"):
+        sources.load("lyft", str(tmp_path)).num_training
+    with pytest.raises(FcnsegError, match="classes=challenge|carla"):
+        sources.load("lyft", str(tmp_path), classes="cityscapes")
+
+
+def test_lyft_real_sample_hood_and_check_labels():
+    root = shared_data("lyft-sample")
+    source = sources.load("lyft", str(root), collect_orphans=True)
+    assert (source.num_training, source.num_validation) == (5, 2)
+    seg = cv2.imread(source.cached_samples("val")[0].label, cv2.IMREAD_UNCHANGED)[..., 2]
+    label = source.label_ids(cv2.imread(source.cached_samples("val")[0].label), "x")
+    hood = label == 256
+    rows = np.flatnonzero(hood.any(1))
+    assert (rows.min(), rows.max()) == (498, 599) and hood[521:].all()
+    assert 73_000 < hood.sum() < 73_300
+    assert ((seg == 10) & ~hood).sum() > 300  # other vehicles stay
+    report = check_labels(source)
+    assert report.ok, report.lines()
