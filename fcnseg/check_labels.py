@@ -166,6 +166,11 @@ def check_labels(source, splits: Sequence[str] = ("train", "val"), *, values: bo
             images = report.image_counts.setdefault(r.split, np.zeros(source.num_classes, np.int64))
             counts += r.pixel_counts
             images += np.where(r.pixel_counts > 0, r.pixel_counts.sum(), 0)
+    judge = getattr(source, "class_share_problem", None)  # e.g. BDD100K: background must dominate
+    for split, counts in report.pixel_counts.items():
+        why = judge(counts) if judge is not None else None
+        if why:
+            _add(report, split, Problem(str(getattr(source, "data_dir", source.name)), SHARES, why))
     previews = [r for r in results if r.preview is not None]
     if previews:
         for p in _pipeline_agreement(source, rules, [(r.split, r.sample) for r in previews]):
@@ -252,6 +257,8 @@ def check_sample(rules: Rules, split: str, index: int, sample: Sample, values: b
             if colour is None:
                 continue
             problems += [Problem(extra, reason, message) for reason, message in rules.check_colors(colour)]
+            if rules.colors_match and train_ids is not None:
+                problems += [Problem(extra, reason, message) for reason, message in rules.agreement(colour, train_ids)]
         if train_ids is not None:
             result.pixel_counts = np.bincount(train_ids.ravel(), minlength=rules.num_classes + 1)[: rules.num_classes]
             if want_preview and image is not None:
@@ -316,6 +323,8 @@ UNKNOWN_COLOURS = "unknown colours"
 RGB_INDEX = "RGB mask given where an index mask was expected"
 INTERPOLATED = "looks interpolated (resized bilinearly?)"
 NOT_ONE_HOT = "not one-hot after encoding"
+COLOUR_DISAGREES = "colour label disagrees with its index label"
+SHARES = "implausible class shares"
 MAX_LISTED = 5  # unknown values named per file, most frequent first
 
 
@@ -331,6 +340,7 @@ class Rules:
     # The file as read -> the index array its table describes, where that is not the file itself
     # (Lyft/CARLA: ids in the red channel, the ego hood given a void id of its own).
     label_ids: Callable[[np.ndarray, str], np.ndarray] | None = None
+    colors_match: bool = False  # colour labels render the index labels exactly (BDD100K colour maps)
     _luts: dict = field(default_factory=dict)
 
     @classmethod
@@ -339,7 +349,7 @@ class Rules:
                    bool(getattr(source, "labels_resized", False)),
                    getattr(source, "label_table", None) or (lambda path: source.classes),
                    getattr(source, "color_labels", None) or (lambda sample: []),
-                   getattr(source, "label_ids", None))
+                   getattr(source, "label_ids", None), bool(getattr(source, "color_labels_match", False)))
 
     @property
     def num_classes(self) -> int:
@@ -378,6 +388,23 @@ class Rules:
                 found.append((NOT_ONE_HOT, f"{int(bad.sum())} pixels have train ids {values}, neither a class "
                                            f"(0..{self.num_classes - 1}) nor void ({self.table.ignore_label})"))
         return found, train
+
+    def agreement(self, colour: np.ndarray, train: np.ndarray) -> list[tuple[str, str]]:
+        """A colour label (BGR, as read) that should render ``train``: the pixels it draws otherwise.
+        Catches index masks whose ids mean something else than the table says (a swapped layout)."""
+        if colour.ndim != 3 or colour.shape[:2] != train.shape:
+            return []  # a size or channel problem is reported by the other checks
+        void = next((r.color for r in self.table.rows if r.train_id == self.table.ignore_label), (0, 0, 0))
+        drawn = color_key(colour[..., 2::-1].astype(np.int32))
+        wrong = drawn != color_key(self.table.palette(void).astype(np.int32))[train]
+        if not wrong.any():
+            return []
+        ys, xs = np.nonzero(wrong)
+        names = self.table.class_names
+        return [(COLOUR_DISAGREES, f"{int(wrong.sum())} pixels ({wrong.mean():.1%}) are not drawn in the colour of "
+                 f"their index label's class, e.g. at x {xs[0]} y {ys[0]}: index label "
+                 f"{names[train[ys[0], xs[0]]] if train[ys[0], xs[0]] < len(names) else 'void'}, colour "
+                 f"({','.join(str(int(c)) for c in colour[ys[0], xs[0], 2::-1])})")]
 
     def check_colors(self, label: np.ndarray) -> list[tuple[str, str]]:
         """Colour files beside index labels: only the table's colours (no encoding)."""
