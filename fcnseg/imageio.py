@@ -162,7 +162,7 @@ def read(path: str, color: bool = False) -> np.ndarray:
         raise ImageError(path, why)
     check_size(path, data[:_HEAD])
     if path.lower().endswith(".gif") or data.startswith((b"GIF87a", b"GIF89a")):
-        return _read_gif(data, path)  # OpenCV has no GIF reader; grey GIF masks (Carvana) are common
+        return _read_gif(data, path, color)  # one decoder for GIFs (OpenCV builds differ); Carvana masks are GIFs
     # IMREAD_UNCHANGED never applies EXIF orientation; IMREAD_COLOR does unless told not to.
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION if color else cv2.IMREAD_UNCHANGED
     array = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
@@ -178,11 +178,16 @@ def read_rgb(path: str) -> np.ndarray:
     return cv2.cvtColor(read(path, color=True), cv2.COLOR_BGR2RGB)
 
 
-def _read_gif(data: bytes, path: str) -> np.ndarray:
+def _read_gif(data: bytes, path: str, color: bool = True) -> np.ndarray:
+    """A GIF's first frame in palette colours, as TensorFlow decodes it for training (Pillow would
+    give palette indices: 0/1 where the colours are 0/255). A grey GIF read as a label
+    (``color=False``) is one channel, as a grey PNG is."""
     import tensorflow as tf
 
     try:
         rgb = tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
     except Exception:  # noqa: BLE001 - any decoder error means the same thing here
         raise ImageError(path, "cannot be decoded (corrupt GIF)") from None
+    if not color and (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
+        return rgb[..., 0].copy()
     return rgb[..., ::-1].copy()  # BGR, like every other result

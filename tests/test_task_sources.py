@@ -284,3 +284,82 @@ def test_bdd100k_real_sample_trains_one_step(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "run" / "best.keras").is_file() and "mIoU" in out.stdout
+
+
+# ---------------------------------------------------------------- Carvana
+
+def write_gif(path, mask: np.ndarray, palette_01: bool) -> str:
+    """A GIF mask as Carvana ships them: palette indices 0/1 drawn black/white (``palette_01``),
+    or a grey 0/255 image as other tools save it."""
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    if palette_01:
+        im = Image.fromarray((mask > 0).astype(np.uint8), "P")
+        im.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    else:
+        im = Image.fromarray(np.where(mask > 0, 255, 0).astype(np.uint8), "L")
+    im.save(str(path))
+    return str(path)
+
+
+def write_carvana(root, cars=5, views=16, palette_01=True) -> dict:
+    expected = {}
+    for c in range(cars):
+        for v in range(1, views + 1):
+            stem = f"{c:04x}bd4dc{c}_{v:02d}"
+            write_jpeg(root / f"train/{stem}.jpg", image(c * 16 + v))
+            mask = np.zeros((H, W), np.uint8)
+            mask[4 + c:18, 6 + v % 5:30] = 1
+            expected[write_gif(root / f"train_masks/{stem}_mask.gif", mask, palette_01)] = mask.astype(np.int32)
+    return expected
+
+
+@pytest.mark.parametrize("palette_01", [True, False])
+def test_carvana_gif_masks_decode_to_background_and_car(tmp_path, palette_01):
+    from PIL import Image
+
+    expected = write_carvana(tmp_path, cars=2, views=3, palette_01=palette_01)
+    first = next(iter(expected))
+    # What each reader makes of the file: OpenCV and TensorFlow give colours (0/255), Pillow
+    # palette indices (0/1 for Carvana's own files); both mean background/car here.
+    from fcnseg import imageio
+
+    assert set(np.unique(np.array(Image.open(first)))) == {0, 1}  # Pillow: indices, both ways saved
+    as_read = imageio.read(first)  # what check-labels and evaluate read: the colours, one channel
+    assert as_read.ndim == 2 and set(np.unique(as_read)) == {0, 255}
+    source = sources.load("carvana", str(tmp_path), image_size=(W, H), val_fraction="0.5")
+    assert source.class_names == ("background", "car")
+    for split in ("train", "val"):
+        for path, label in pipeline_labels(source, split).items():
+            np.testing.assert_array_equal(label, expected[path])
+    report = check_labels(sources.load("carvana", str(tmp_path), val_fraction="0.5", collect_orphans=True))
+    assert report.ok, report.lines()
+
+
+def test_carvana_views_of_a_car_never_straddle_train_and_val(tmp_path):
+    from fcnseg.sources.carvana import car_id
+
+    write_carvana(tmp_path)
+    held = set()
+    for seed in range(4):
+        source = sources.load("carvana", str(tmp_path), seed=seed)
+        train = {car_id(s.image) for s in source.cached_samples("train")}
+        val = {car_id(s.image) for s in source.cached_samples("val")}
+        assert not train & val and len(train | val) == 5 and len(val) == 1
+        assert (source.num_training, source.num_validation) == (64, 16)
+        held |= val
+    assert len(held) > 1  # the seed picks the car
+
+
+def test_carvana_check_labels_flags_a_resized_gif(tmp_path):
+    from PIL import Image
+
+    write_carvana(tmp_path, cars=2, views=2)
+    mask = np.zeros((H, W), np.uint8)
+    mask[5:15, 5:30] = 255
+    blurred = cv2.GaussianBlur(mask, (5, 5), 0)  # soft edges, as a bilinear resize leaves them
+    Image.fromarray(blurred, "L").save(str(tmp_path / "train_masks/0000bd4dc0_01_mask.gif"))
+    report = check_labels(sources.load("carvana", str(tmp_path), val_fraction="0.5", collect_orphans=True))
+    assert {p.reason for p in report.problems} >= {"unknown values"}
+    assert all(p.path.endswith("0000bd4dc0_01_mask.gif") for p in report.problems)
