@@ -202,7 +202,10 @@ def train_option(*decls: str, help: str = "", **kwargs):
 @train_option("--max-minutes", "max_minutes", type=FiniteFloat(),
               help="Wall-clock budget: stop when spent (mid-epoch), then validate and save.")
 @train_option("--image-every", "image_every", type=int, help="Epochs between TensorBoard image overlays (0: never).")
-@train_option("--monitor", "monitor", help="Validation figure that selects best.keras.")
+@train_option("--monitor", "monitor", metavar="EXPR",
+              help="Validation figure that selects best.keras: mean_iou, pixel_accuracy, mean_accuracy, dice, "
+                   "lyft ((F0.5(road)+F2(vehicles))/2), a class's iou(C), dice(C), precision(C), recall(C), "
+                   "fbeta(C,BETA), or a weighted sum such as 'fbeta(road,0.5)+fbeta(vehicles,2)'.")
 @click.option("--no-augment", is_flag=True, help="Train without random scale/crop/flip/colour jitter.")
 @train_option("--seed", "seed", type=int)
 @train_option("--run-dir", "run_dir", default=None, type=click.Path(),
@@ -320,17 +323,20 @@ def check_labels(data_source, data_dir, source_option, split, previews_dir, num_
 @click.option("--flip", is_flag=True, help="Average with the prediction of the horizontally flipped image.")
 @click.option("--beta", default=1.0, show_default=True, type=FiniteFloat(min=0, min_open=True),
               help="Beta of the per-class F-beta column.")
+@click.option("--monitor", default=None, metavar="EXPR",
+              help="Also report this figure, as train's --monitor spells it (e.g. lyft, dice(car)).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Also write every figure and the confusion matrix to this JSON file.")
 @reports_errors
-def evaluate(checkpoint, data_source, data_dir, source_option, split, size, window, overlap, flip, beta, output):
-    """Per-class IoU, accuracy, precision and F-beta of a checkpoint on a split (void ignored),
+def evaluate(checkpoint, data_source, data_dir, source_option, split, size, window, overlap, flip, beta, monitor,
+             output):
+    """Per-class IoU, accuracy, precision, F-beta and Dice of a checkpoint on a split (void ignored),
     from one confusion matrix over the whole split at label resolution; MaxF/AP for binary tasks."""
     from fcnseg.evaluate import EvaluateConfig, evaluate as run_evaluate, format_table
 
     config = EvaluateConfig(checkpoint=checkpoint, data_source=data_source, data_dir=data_dir,
                             source_options=parse_source_options(source_option), split=split, size=size,
-                            window=window, overlap=overlap, flip=flip, beta=beta, output=output)
+                            window=window, overlap=overlap, flip=flip, beta=beta, monitor=monitor, output=output)
     result = run_evaluate(config, log=click.echo,
                           progress=lambda n: click.progressbar(length=n, label="evaluating", file=sys.stderr))
     click.echo(format_table(result))

@@ -23,6 +23,7 @@ from fcnseg.errors import FcnsegError
 from fcnseg.files import write_json
 from fcnseg.inference import make_infer, probabilities_at, resized_probabilities, sliding_window_probabilities
 from fcnseg.metrics import batch_confusion, kitti_scores, scores
+from fcnseg.monitor import resolve as resolve_monitor, value as monitor_value
 from fcnseg.progress import open_bar
 from fcnseg.validate import pipeline_error
 
@@ -63,6 +64,7 @@ class EvaluateConfig:
     overlap: float = 1 / 3  # sliding-window overlap
     flip: bool = False  # average with the horizontally flipped prediction
     beta: float = 1.0  # beta of the per-class F-beta figure
+    monitor: str | None = None  # a --monitor expression to report too (fcnseg.monitor), e.g. "lyft"
     output: str | None = None  # JSON file for the results
 
 
@@ -76,6 +78,8 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
         raise FcnsegError(f"--checkpoint {config.checkpoint} predicts {table.num_classes} classes "
                           f"({', '.join(table.class_names[:4])}...) but --data-source {config.data_source} has "
                           f"{source.num_classes} ({', '.join(source.class_names[:4])}...)")
+    if config.monitor is not None:
+        resolve_monitor(config.monitor, table.class_names)  # before the slow part
     num_classes = table.num_classes
     train_w, train_h = meta["source"]["image_size"]
     infer = make_infer(model, config.flip)
@@ -107,6 +111,8 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
     result = scores(cm, table.class_names, beta=config.beta)
     if binary:
         result["kitti"] = kitti_scores(pos_hist, neg_hist)
+    if config.monitor is not None:
+        result["monitor"] = {"expression": config.monitor, "value": monitor_value(config.monitor, result)}
     result.update({
         "checkpoint": os.path.abspath(config.checkpoint), "data_source": source.name, "split": config.split,
         "images": count, "protocol": _protocol(config, (train_w, train_h)), "confusion_matrix": cm.tolist(),
@@ -147,12 +153,15 @@ def _check_writable(path: str) -> None:
 def format_table(result: dict) -> str:
     """The per-class table ``fcnseg evaluate`` prints."""
     beta_key = next(k for k in next(iter(result["per_class"].values())) if k.startswith("f") and k != "pixels")
-    lines = [f"{'class':<16} {'IoU':>7} {'acc':>7} {'prec':>7} {beta_key.upper():>7} {'pixels':>12}"]
+    lines = [f"{'class':<16} {'IoU':>7} {'acc':>7} {'prec':>7} {beta_key.upper():>7} {'dice':>7} {'pixels':>12}"]
     for name, row in result["per_class"].items():
-        cells = [row["iou"], row["accuracy"], row["precision"], row[beta_key]]
+        cells = [row["iou"], row["accuracy"], row["precision"], row[beta_key], row.get("dice")]
         lines.append(f"{name:<16} " + " ".join(f"{_pct(v):>7}" for v in cells) + f" {row['pixels']:>12}")
-    lines.append(f"{'mean':<16} {_pct(result['mean_iou']):>7} {_pct(result['mean_accuracy']):>7}")
+    lines.append(f"{'mean':<16} {_pct(result['mean_iou']):>7} {_pct(result['mean_accuracy']):>7} {'':>7} {'':>7} "
+                 f"{_pct(result.get('mean_dice')):>7}")
     lines.append(f"pixel accuracy {_pct(result['pixel_accuracy'])}  ({result['images']} images, {result['protocol']})")
+    if "monitor" in result:
+        lines.append(f"monitor {result['monitor']['expression']}: {result['monitor']['value']:.4f}")
     if "kitti" in result:
         k = result["kitti"]
         lines.append(f"KITTI (perspective): MaxF {_pct(k['max_f'])}  AP {_pct(k['average_precision'])}  "

@@ -13,6 +13,8 @@ scores):
 * mean accuracy     = mean of accuracy[c] over classes present in the ground truth
 * pixel accuracy    = trace(cm) / sum(cm)
 * F-beta[c]         = (1 + b^2) P R / (b^2 P + R), P = cm[c,c]/sum_t cm[t,c], R = accuracy[c]
+* Dice[c]           = 2 cm[c,c] / (sum_p cm[c,p] + sum_t cm[t,c])   (F1; Carvana's metric)
+* mean Dice         = mean of Dice[c] over classes in the ground truth or the prediction
 
 Void pixels (the source's ignore label, or any value outside 0..C-1) never
 enter the matrix.
@@ -149,15 +151,17 @@ def scores(cm: np.ndarray, class_names: list[str] | tuple[str, ...] | None = Non
         prec = np.where(pred > 0, tp / pred, np.nan)
         b2 = beta * beta
         fb = np.where((gt > 0) | (pred > 0), (1 + b2) * tp / np.maximum(b2 * gt + pred, 1e-12), np.nan)
+        dice = np.where((gt > 0) | (pred > 0), 2 * tp / np.maximum(gt + pred, 1e-12), np.nan)
     names = list(class_names) if class_names is not None else [str(i) for i in range(len(tp))]
     total = cm.sum()
     return {
         "mean_iou": float(np.nanmean(iou)) if np.isfinite(iou).any() else 0.0,
         "mean_accuracy": float(np.nanmean(acc)) if np.isfinite(acc).any() else 0.0,
         "pixel_accuracy": float(tp.sum() / total) if total else 0.0,
+        "mean_dice": float(np.nanmean(dice)) if np.isfinite(dice).any() else 0.0,
         "per_class": {
             name: {"iou": _f(iou[i]), "accuracy": _f(acc[i]), "precision": _f(prec[i]), f"f{beta:g}": _f(fb[i]),
-                   "pixels": int(gt[i])}
+                   "dice": _f(dice[i]), "pixels": int(gt[i])}
             for i, name in enumerate(names)
         },
     }

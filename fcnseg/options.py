@@ -75,7 +75,8 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 STRATEGIES = ("default", "mirrored", "multiworker")
 PRECISIONS = (None, "float16", "bfloat16")
-MONITORS = ("mean_iou", "pixel_accuracy", "mean_accuracy")  # figures of fcnseg.metrics.scores
+# --monitor's named figures; it also takes per-class terms and weighted sums (fcnseg.monitor).
+MONITORS = ("mean_iou", "pixel_accuracy", "mean_accuracy", "dice", "lyft")
 
 
 def _models() -> tuple:
@@ -105,7 +106,7 @@ def _schedules() -> tuple:
 # The fields that take one of a set of names, and where the names come from.
 CHOICES: dict[str, Callable[[], tuple]] = {
     "model": _models, "encoder": _encoders, "optimizer": _optimizers, "schedule": _schedules,
-    "strategy": lambda: STRATEGIES, "mixed_precision": lambda: PRECISIONS, "monitor": lambda: MONITORS}
+    "strategy": lambda: STRATEGIES, "mixed_precision": lambda: PRECISIONS}
 
 # Bounds of the numeric fields: (lowest, lowest excluded, highest); image_size bounds each side.
 BOUNDS: dict[str, tuple[float, bool, float | None]] = {
@@ -179,6 +180,10 @@ def field_problem(name: str, value) -> str | None:
         names = CHOICES[name]()
         if value not in names:
             return f"{value!r} is unknown; choose one of {', '.join(str(n) for n in names if n is not None)}"
+    if name == "monitor":  # an expression, not one of a set of names
+        from fcnseg.monitor import problem
+
+        return problem(value)
     if name in BOUNDS:
         low, open_, high = BOUNDS[name]
         if any(v < low or (open_ and v == low) or (high is not None and v > high) for v in numbers):

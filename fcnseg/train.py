@@ -29,6 +29,7 @@ import numpy as np
 
 from fcnseg.errors import FcnsegError
 from fcnseg.files import write_json
+from fcnseg.monitor import resolve as resolve_monitor, value as monitor_value
 from fcnseg.options import (  # noqa: F401 - TrainConfig and the refusal are public here too
     TrainConfig, absolute_paths, fcn_bfloat16_refusal, resumed_config, validate)
 
@@ -160,6 +161,7 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
     source = sources.load(config.data_source, config.data_dir, config.image_size, config.seed,
                           **config.source_options)
     num_classes = source.num_classes
+    resolve_monitor(config.monitor, source.class_names)  # an unknown class fails now, not after an epoch
     if config.class_weights is not None and len(config.class_weights) != num_classes:
         raise FcnsegError(f"--class-weights has {len(config.class_weights)} values but the {source.name} source "
                           f"has {num_classes} classes")
@@ -419,7 +421,8 @@ def _end_epoch(run: _Run, epoch: int, log) -> None:
         "seconds": round(time.time() - t0 + run.train_seconds, 1), "train_seconds": round(run.train_seconds, 1),
         "mean_iou": scores["mean_iou"], "pixel_accuracy": scores["pixel_accuracy"],
         "iou": {k: v["iou"] for k, v in scores["per_class"].items()},
-        "best": {k: run.best_scores.get(k) for k in ("mean_iou", "pixel_accuracy")}})
+        "best": {k: run.best_scores.get(k) for k in ("mean_iou", "pixel_accuracy")},
+        "monitor": {run.config.monitor: monitor_value(run.config.monitor, scores)}})
     if run.chief:
         write_json_or_fail(os.path.join(run.config.run_dir, "history.json"), finite_or_null(run.history))
     kill_point("history_saved", epoch + 1)
@@ -461,7 +464,7 @@ def _save_checkpoints(run: _Run, epoch: int, scores: dict) -> bool:
     from fcnseg import checkpoint
     from fcnseg.rundir import kill_point
 
-    monitored = scores[run.config.monitor]
+    monitored = monitor_value(run.config.monitor, scores)
     improved = monitored > float(run.best.numpy())
     meta = run.meta | {"epoch": epoch + 1}
     # Every worker saves (saving may need all of them); only the chief's folder is the run dir.
