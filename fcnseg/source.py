@@ -256,8 +256,9 @@ class FileSource(DataSource):
     to "index" (single-channel PNG of ids) or "color" (RGB PNG of class colours).
     ``labels_resized`` says labels may be stored at another resolution than their
     image (resized nearest-neighbour on load). check-labels also asks
-    ``label_table(path)`` and ``color_labels(sample)``, whose defaults fit any
-    source whose label files all hold ``classes``' ids or colours.
+    ``label_table(path)``, ``color_labels(sample)``, ``color_labels_match``,
+    ``label_ids(label, path)`` and ``class_share_problem(counts)``, whose defaults
+    fit any source whose label files all hold ``classes``' ids or colours.
 
     ``collect_orphans``: an image without label (or label without image) is
     recorded, listed by ``orphans_of(split)``, instead of an error; check-labels
@@ -315,6 +316,18 @@ class FileSource(DataSource):
     def color_labels(self, sample: Sample) -> list[str]:
         """Extra colour renderings of ``sample``'s label for check-labels to verify (none here)."""
         return []
+
+    # check-labels: the colour labels render the index labels exactly, so it compares them pixel for pixel.
+    color_labels_match: bool = False
+
+    def label_ids(self, label, path: str):
+        """The index array check-labels checks, from the label file as ``fcnseg.imageio`` reads it
+        (here the file itself; Lyft/CARLA: the red channel, the ego hood given a void id)."""
+        return label
+
+    def class_share_problem(self, pixel_counts) -> str | None:
+        """Why a split's per-class pixel counts cannot be this dataset's (check-labels reports it), or None."""
+        return None
 
     def cached_samples(self, split: str) -> list[Sample]:
         if split not in self.splits:

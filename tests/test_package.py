@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTINS = ("synthetic", "kitti", "cityscapes", "camvid", "folder")
+BUILTINS = ("synthetic", "kitti", "cityscapes", "camvid", "folder", "lyft", "bdd100k", "carvana")
 # Prints where fcnseg.sources and every built-in module would be imported from, without
 # importing TensorFlow or OpenCV (find_spec does not run the module).
 WHERE = ("import importlib.util, fcnseg.sources as s; print(s.__file__); "
