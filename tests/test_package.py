@@ -63,7 +63,8 @@ def test_source_checkout_imports_its_own_sources():
 
 def test_editable_install_maps_fcnseg_sources_to_the_checkout(tmp_path):
     pytest.importorskip("setuptools")
-    out = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
+    # --ignore-installed: without it pip uninstalls the fcnseg this test run is using, even with --prefix.
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "--ignore-installed",
                           "--prefix", str(tmp_path / "prefix"), "-e", str(ROOT)],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
