@@ -12,7 +12,7 @@ Per epoch: training loss, validation loss and validation mIoU; before
 training, the logits and validation loss of the shared initial weights.
 
     python tools/backend_curve.py --model linknet --encoder resnet18 --width 0.5 \\
-        --image-size 240x180 --epochs 4 --steps-per-epoch 30 --out curve.json
+        --image-size 240x180 --epochs 5 --steps-per-epoch 40 --out curve.json
     python tools/backend_curve.py --model fcn8s --width 0.25 --dropout 0 --out fcn.json
 
 Exact equality is not expected: XLA (JAX) and TensorFlow's kernels sum in
@@ -66,8 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=float, default=0.5, help="channel width multiplier")
     p.add_argument("--dropout", type=float, default=None, help="FCN's fc6/fc7 dropout (default: the model's)")
     p.add_argument("--image-size", default="240x180", help="WxH")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--steps-per-epoch", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--steps-per-epoch", type=int, default=40)
     p.add_argument("--val-steps", type=int, default=0, help="validation batches per epoch (0: the whole split)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
@@ -135,12 +135,14 @@ def materialise(ds, steps: int, what: str) -> tuple[np.ndarray, np.ndarray, str]
 
 
 def versions() -> dict:
-    import keras
+    from importlib import metadata
 
-    found = {"python": platform.python_version(), "keras": keras.__version__, "numpy": np.__version__}
-    for name in ("tensorflow", "jax", "jaxlib", "torch"):
-        if name in sys.modules:
-            found[name] = getattr(sys.modules[name], "__version__", "?")
+    found = {"python": platform.python_version()}
+    for name in ("keras", "tensorflow", "jax", "jaxlib", "numpy"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
     return found
 
 
