@@ -80,3 +80,13 @@ def test_bad_options_are_one_line_errors(args, message, capsys):
     assert tool.main(args) == 1
     captured = capsys.readouterr()
     assert captured.err == f"Error: {message}\n" and captured.out == ""
+
+
+def test_a_failed_backend_run_is_a_one_line_error():
+    """The worker's own error comes back through the parent as one line naming the backend."""
+    proc = _run(["--backends", "tensorflow", "--data-source", "synthetic", "--width", "0.125", "--image-size",
+                 "32x32", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--val-steps", "1000"])
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "Error: the tensorflow run failed: val: the split gives 32 batches, fewer than the 1000 asked for")
+    assert "Traceback" not in proc.stderr

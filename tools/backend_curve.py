@@ -157,7 +157,9 @@ def train_one_backend(args: argparse.Namespace, init_weights: str) -> dict:
     source = sources.load(args.data_source, args.data_dir, args.size, args.seed)
     n = source.num_classes
     # MaskedCrossEntropy and StreamingIoU leave out every label outside 0..C-1.
-    assert not 0 <= source.ignore_label < n, "the void label must lie outside 0..num_classes-1"
+    if 0 <= source.ignore_label < n:
+        raise ToolError(f"{source.name}: void label {source.ignore_label} is a class id; the loss could not skip it")
+    xv, yv, val_digest = materialise(source.dataset("val", args.batch_size), args.val_steps, "val")
     model = build_model(args, n)
     if os.path.exists(init_weights):
         model.load_weights(init_weights)
@@ -165,7 +167,6 @@ def train_one_backend(args: argparse.Namespace, init_weights: str) -> dict:
     else:
         model.save_weights(init_weights)
         built_here = True
-    xv, yv, val_digest = materialise(source.dataset("val", args.batch_size), args.val_steps, "val")
     model.compile(keras.optimizers.Adam(args.lr), loss=MaskedCrossEntropy(n), metrics=[metrics.StreamingIoU(n)])
     initial_logits = np.asarray(keras.ops.convert_to_numpy(model(xv[: args.batch_size], training=False)))
     initial = model.evaluate(xv, yv, batch_size=args.batch_size, verbose=0, return_dict=True)
@@ -213,13 +214,14 @@ def run_backend(backend: str, argv: list[str], tmp: str) -> dict:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", tmp]
     print(f"training under {backend} ...", file=sys.stderr, flush=True)
-    done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    lines = [ln for ln in done.stderr.splitlines() if ln.startswith(f"[{backend}] epoch")]
-    for ln in lines:
-        print(ln, file=sys.stderr)
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1].removeprefix("Error: ")
-        raise ToolError(f"the {backend} run failed: {tail}")
+    last = "(no output)"
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
+        for line in proc.stderr:  # the epochs as they end; the libraries' log noise is dropped
+            if line.startswith(f"[{backend}] epoch"):
+                print(line, end="", file=sys.stderr, flush=True)
+            last = line.strip() or last
+    if proc.returncode != 0:
+        raise ToolError(f"the {backend} run failed: {last.removeprefix('Error: ')}")
     with open(os.path.join(tmp, f"{backend}.json")) as f:
         report = json.load(f)
     if report["backend"] != backend:
