@@ -220,6 +220,8 @@ def run_backend(backend: str, argv: list[str], tmp: str) -> dict:
             if line.startswith(f"[{backend}] epoch"):
                 print(line, end="", file=sys.stderr, flush=True)
             last = line.strip() or last
+    if proc.returncode < 0:
+        raise ToolError(f"the {backend} run was killed by signal {-proc.returncode}")
     if proc.returncode != 0:
         raise ToolError(f"the {backend} run failed: {last.removeprefix('Error: ')}")
     with open(os.path.join(tmp, f"{backend}.json")) as f:
