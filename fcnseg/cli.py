@@ -161,9 +161,11 @@ def train_option(*decls: str, help: str = "", **kwargs):
                    "options given on the command line override it, --source-option key by key.")
 @source_options
 @train_option("--model", "model", help="Architecture.")
-@train_option("--encoder", "encoder", help="LinkNet encoder.")
+@train_option("--encoder", "encoder", help="Encoder (backbone); default: the model's own (linknet: resnet18, "
+                                           "fcn*: vgg16, the only one FCN takes).")
 @train_option("--encoder-weights", "encoder_weights",
-              help="'imagenet' (FCN: VGG16 via keras.applications) or a local weights file.")
+              help="'imagenet' (keras.applications, or keras-hub for resnet18/34: pip install \"fcnseg[hub]\") "
+                   "or a local Keras weights file, saved keras.applications model or keras-hub preset folder.")
 @train_option("--init-from", "init_from", type=click.Path(dir_okay=False),
               help="Start from the weights of this fcnseg checkpoint (fine-tuning; same model and classes).")
 @train_option("--width", "width", type=FiniteFloat(), help="Filter-count multiplier; 1.0 is the paper's model.")

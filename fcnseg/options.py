@@ -5,7 +5,7 @@ defaults are TrainConfig's field defaults and whose choices are the tables below
 ``--config FILE`` (a JSON file of ``config.json``'s schema), ``--resume`` (the
 run's own ``config.json``) and Python callers of :func:`fcnseg.train.train`. The
 names come from the tables that implement them (``fcnseg.models.MODELS``, the
-LinkNet encoders, ``fcnseg.optimizers.OPTIMIZERS`` / ``SCHEDULES``), read only
+encoder table, ``fcnseg.optimizers.OPTIMIZERS`` / ``SCHEDULES``), read only
 when asked for, because importing them loads TensorFlow. This module imports
 nothing heavy, so the CLI can build its options from it at start-up.
 """
@@ -28,8 +28,8 @@ class TrainConfig:
     data_dir: str | None = None  # dataset root (not needed by the synthetic source)
     source_options: dict = field(default_factory=dict)  # extra source options, e.g. {"task": "lane"}
     model: str = "linknet"  # a key of fcnseg.models.MODELS
-    encoder: str = "resnet18"  # LinkNet encoder: resnet18 | resnet34
-    encoder_weights: str | None = None  # None, "imagenet" (FCN) or a local weights file
+    encoder: str | None = None  # a key of fcnseg.models.encoders.ENCODERS; None = the model's default
+    encoder_weights: str | None = None  # None, "imagenet", a weights file, saved model or keras-hub preset dir
     init_from: str | None = None  # start from this fcnseg checkpoint's weights (fine-tuning)
     width: float = 1.0  # filter-count multiplier (1.0 = the paper's model)
     image_size: tuple[int, int] | None = None  # (W, H) to train at; None = the source's default
@@ -69,6 +69,8 @@ class TrainConfig:
         for key in ("image_size", "class_weights", "fbeta"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
+        if str(data.get("model", "")).startswith("fcn") and data.get("encoder") == "resnet18":
+            data["encoder"] = None  # runs saved before the encoder table recorded LinkNet's default beside an FCN
         return cls(**data)
 
 
@@ -85,7 +87,7 @@ def _models() -> tuple:
 
 
 def _encoders() -> tuple:
-    from fcnseg.models.linknet import ENCODERS
+    from fcnseg.models.encoders import ENCODERS
 
     return tuple(ENCODERS)
 
@@ -192,7 +194,10 @@ def validate(config: TrainConfig) -> None:
         problem = field_problem(name, getattr(config, name))
         if problem:
             raise FcnsegError(f"{option_name(name)} {problem}")
-    refusal = fcn_bfloat16_refusal(config.model, config.mixed_precision)
+    from fcnseg.models import encoder_refusal
+
+    refusal = fcn_bfloat16_refusal(config.model, config.mixed_precision) or encoder_refusal(config.model,
+                                                                                             config.encoder)
     if refusal:
         raise FcnsegError(refusal)
     from fcnseg.losses import parse_spec

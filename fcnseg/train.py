@@ -189,7 +189,7 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
         shown=_fixed_samples(source, config.num_images), state=state,
         manager=tf.train.CheckpointManager(state, os.path.join(work_dir, "state"), max_to_keep=1),
         steps_per_epoch=steps_per_epoch, deadline=deadline,
-        meta={"model": config.model, "encoder": config.encoder, "source": source.describe(),
+        meta={"model": config.model, "encoder": model_encoder(config), "source": source.describe(),
               "config": config.to_json()}, **counters)
 
 
@@ -198,12 +198,19 @@ def build_model(config: TrainConfig, num_classes: int):
     from fcnseg.models import MODELS
 
     kwargs = {"encoder_weights": config.encoder_weights, "width": config.width}
-    if config.model == "linknet":
+    if config.encoder is not None:
         kwargs["encoder"] = config.encoder
     try:
         return MODELS[config.model](num_classes, **kwargs)
-    except ValueError as e:  # bad encoder name or weights file: already a one-line message
+    except ValueError as e:  # bad encoder name or weights source: already a one-line message
         raise FcnsegError(str(e).splitlines()[0]) from e
+
+
+def model_encoder(config: TrainConfig) -> str:
+    """The encoder the model is built on: ``config.encoder``, or the model's default."""
+    from fcnseg.models import MODEL_ENCODERS
+
+    return config.encoder or MODEL_ENCODERS[config.model][0]
 
 
 def init_weights(model, path: str, classes) -> None:
