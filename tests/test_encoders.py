@@ -76,3 +76,178 @@ def test_fcn_takes_only_vgg16_and_the_refusal_lists_the_valid_ones():
 def test_fcn_encoder_layers_are_the_vgg16_convs():
     names = {layer.name for layer in encoder_layers(MODELS["fcn32s"](3, width=TINY))}
     assert names == {f"block{b}_conv{i}" for b, n in enumerate((2, 2, 3, 3, 3), 1) for i in range(1, n + 1)}
+
+
+# --- pretrained weights: every library's way of saving, loaded through --encoder-weights PATH ---------
+
+
+def _randomise_batch_norm(model: keras.Model, seed: int = 0) -> None:
+    """Random BN statistics and affine terms (kernels are random already), so a missed copy shows."""
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.0, gamma.shape), rng.normal(0, 0.1, beta.shape),
+                               rng.normal(0, 0.1, mean.shape), rng.uniform(0.5, 1.5, var.shape)])
+
+
+def _assert_same_features(encoder: keras.Model, reference: keras.Model, x: np.ndarray) -> None:
+    got, want = encoder(x), reference(x)
+    assert len(got) == len(want) == 5
+    for stride, g, w in zip(STRIDES, got, want):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.shape == w.shape, stride
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(w).max())),
+                                   err_msg=f"stride {stride}")
+
+
+def _library_model(name: str, input_shape=(None, None, 3)) -> keras.Model:
+    constructor = getattr(keras.applications, ENCODERS[name].library)
+    model = constructor(weights=None, include_top=False, input_shape=input_shape)
+    _randomise_batch_norm(model)
+    return model
+
+
+def _taps(model: keras.Model, name: str) -> keras.Model:
+    return keras.Model(model.input, [model.get_layer(t).output for t in ENCODERS[name].taps])
+
+
+@pytest.mark.parametrize("name", _params(["vgg16", *APPLICATIONS]))
+def test_keras_applications_weights_file_and_saved_model_give_the_library_features(name, tmp_path):
+    """A keras.applications model with random weights, saved as a weights file and as a .keras model:
+    fcnseg's encoder loaded from either gives the library model's own features."""
+    keras.utils.set_random_seed(3)
+    library = _library_model(name)
+    library.save_weights(tmp_path / "enc.weights.h5")
+    library.save(tmp_path / "enc.keras")
+    x = np.asarray(preprocessing(name)(_images(64, 96)))
+    reference = _taps(library, name)
+    for path in ("enc.weights.h5", "enc.keras"):
+        _assert_same_features(build_encoder(name, weights=str(tmp_path / path)), reference, x)
+
+
+def test_saved_model_of_fixed_size_and_legacy_h5_take_any_size(tmp_path):
+    """A keras.applications model saved at 224x224 (.keras and the legacy .h5) still gives an encoder
+    for any input size, with the same features as the library model on that size."""
+    keras.utils.set_random_seed(4)
+    fixed = _library_model("mobilenet_v2", (224, 224, 3))
+    fixed.save(tmp_path / "m.keras")
+    fixed.save(tmp_path / "m.h5")
+    flexible = _library_model("mobilenet_v2")
+    flexible.set_weights(fixed.get_weights())
+    x = np.asarray(preprocessing("mobilenet_v2")(_images(64, 96)))
+    for path in ("m.keras", "m.h5"):
+        _assert_same_features(build_encoder("mobilenet_v2", weights=str(tmp_path / path)),
+                              _taps(flexible, "mobilenet_v2"), x)
+
+
+def _hub_resnet(name: str, **overrides):
+    keras_hub = pytest.importorskip("keras_hub")
+    depths = {"resnet18": [2, 2, 2, 2], "resnet34": [3, 4, 6, 3]}[name]
+    config = dict(input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 128, 256, 512],
+                  stackwise_num_blocks=depths, stackwise_num_strides=[1, 2, 2, 2], block_type="basic_block")
+    backbone = keras_hub.models.ResNetBackbone(**(config | overrides))
+    _randomise_batch_norm(backbone)
+    return backbone
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34"])
+def test_keras_hub_preset_folder_gives_the_hub_backbone_features(name, tmp_path):
+    """keras-hub's ResNetBackbone with random weights, saved with save_to_preset: fcnseg's own ResNet
+    loaded from the folder gives the backbone's features (stem and P2..P5)."""
+    keras.utils.set_random_seed(5)
+    backbone = _hub_resnet(name)
+    backbone.save_to_preset(str(tmp_path / "preset"))
+    pyramid = backbone.pyramid_outputs
+    reference = keras.Model(backbone.input, [backbone.get_layer("conv1_relu").output,
+                                             *(pyramid[f"P{i}"] for i in (2, 3, 4, 5))])
+    x = np.asarray(preprocessing(name)(_images(64, 96)))
+    encoder = build_encoder(name, weights=str(tmp_path / "preset"))
+    _assert_same_features(encoder, reference, x)
+    assert any("FusedBatchNormalization" == type(layer).__name__ for layer in encoder.layers)
+
+
+def test_keras_hub_resnet_vd_preset_is_refused_in_one_line(tmp_path):
+    backbone = _hub_resnet("resnet34", input_conv_filters=[32, 32, 64], input_conv_kernel_sizes=[3, 3, 3],
+                           block_type="basic_block_vd")
+    backbone.save_to_preset(str(tmp_path / "vd"))
+    with pytest.raises(WeightsError) as info:
+        build_encoder("resnet34", weights=str(tmp_path / "vd"))
+    _one_line(info, str(tmp_path / "vd"), "basic_block_vd", "not the plain ResNet")
+
+
+def test_preset_folder_for_a_keras_applications_encoder_is_refused(tmp_path):
+    with pytest.raises(WeightsError) as info:
+        build_encoder("mobilenet_v2", weights=str(tmp_path))
+    _one_line(info, str(tmp_path), "resnet18/resnet34")
+
+
+# --- the download path, up to the network call ----------------------------------------------------
+
+
+@pytest.fixture
+def keras_home(tmp_path, monkeypatch):
+    """Keras' cache in a tmp folder (as KERAS_HOME would put it), and no network: a download fails."""
+    import keras.src.backend.config as keras_config
+    import keras.src.utils.file_utils as file_utils
+
+    def offline(url, *args, **kwargs):
+        raise OSError(f"network unreachable (simulated) fetching {url}")
+
+    monkeypatch.setattr(keras_config, "_KERAS_DIR", str(tmp_path / "keras_home"))
+    monkeypatch.setattr(file_utils, "urlretrieve", offline)
+    return tmp_path / "keras_home"
+
+
+def test_imagenet_offline_names_the_file_and_the_path_route(keras_home):
+    with pytest.raises(WeightsError) as info:
+        build_encoder("mobilenet_v2", weights="imagenet")
+    _one_line(info, "keras.applications.MobileNetV2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+              "$KERAS_HOME/models", "--encoder-weights PATH")
+
+
+def test_imagenet_from_a_filled_keras_cache_needs_no_network(keras_home, monkeypatch, tmp_path):
+    """The official file in the cache is used without a download; the same file passed as PATH gives
+    the same encoder (EfficientNet's files hold the std where the variance belongs: both routes fix it)."""
+    import h5py
+    import keras.src.utils.file_utils as file_utils
+    from keras.src.legacy.saving import legacy_h5_format
+
+    keras.utils.set_random_seed(6)
+    library = _library_model("efficientnet_b0")
+    norm = next(layer for layer in library.layers if isinstance(layer, keras.layers.Normalization))
+    norm.set_weights([np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225]), np.array(0)])
+    (keras_home / "models").mkdir(parents=True)
+    cached = keras_home / "models" / "efficientnetb0_notop.h5"
+    with h5py.File(cached, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, library)
+    # Our stand-in file cannot have the real file's hash; everything else is Keras' own path.
+    monkeypatch.setattr(file_utils, "validate_file", lambda *args, **kwargs: True)
+    x = _images(64, 96)
+    from_cache = build_encoder("efficientnet_b0", weights="imagenet")
+    _assert_same_features(build_encoder("efficientnet_b0", weights=str(cached)), from_cache, x)
+    # and that is not what the file's numbers give read naively (the fix matters)
+    assert not np.allclose(np.asarray(_taps(library, "efficientnet_b0")(x)[0]), np.asarray(from_cache(x)[0]))
+
+
+def test_keras_hub_imagenet_offline_names_the_preset_and_the_folder_route(monkeypatch):
+    pytest.importorskip("keras_hub")
+    import kagglehub
+
+    def offline(handle, *args, **kwargs):
+        raise ConnectionError(f"network unreachable (simulated) fetching {handle}")
+
+    monkeypatch.setattr(kagglehub, "model_download", offline)
+    with pytest.raises(WeightsError) as info:
+        build_encoder("resnet18", weights="imagenet")
+    _one_line(info, "resnet_18_imagenet", "save_to_preset(DIR)", "--encoder-weights DIR")
+
+
+def test_keras_hub_missing_names_the_extra(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "keras_hub", None)
+    for weights in ("imagenet", str(tmp_path)):
+        with pytest.raises(WeightsError) as info:
+            build_encoder("resnet34", weights=weights)
+        _one_line(info, 'pip install "fcnseg[hub]"')

@@ -9,6 +9,7 @@ Segmentation", CVPR 2015, sec. 3.1. Every failure is a one-line
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -190,6 +191,9 @@ def read_hub_resnet(source: str, depths: tuple[int, ...]) -> keras.Model:
     """
     hub = _keras_hub(f"the keras-hub preset {source}")
     local = os.path.isdir(source)
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # offline, each of its retries would print a warning first
     try:
         backbone = hub.models.ResNetBackbone.from_preset(source)
     except Exception as exc:
@@ -200,6 +204,8 @@ def read_hub_resnet(source: str, depths: tuple[int, ...]) -> keras.Model:
             f"could not fetch the keras-hub preset {source} (offline?): where there is internet, save it with "
             f"keras_hub.models.ResNetBackbone.from_preset({source!r}).save_to_preset(DIR), then pass "
             f"--encoder-weights DIR ({_first_line(exc)})") from None
+    finally:
+        hub_log.setLevel(level)
     plain = (backbone.block_type == "basic_block" and not backbone.use_pre_activation
              and list(backbone.input_conv_filters) == [64] and list(backbone.input_conv_kernel_sizes) == [7]
              and list(backbone.stackwise_num_strides) == [1, 2, 2, 2]
