@@ -251,3 +251,54 @@ def test_keras_hub_missing_names_the_extra(monkeypatch, tmp_path):
         with pytest.raises(WeightsError) as info:
             build_encoder("resnet34", weights=weights)
         _one_line(info, 'pip install "fcnseg[hub]"')
+
+
+# --- the command line: the done-when -----------------------------------------------------
+
+
+def _fcnseg(*args, tmp_path):
+    import subprocess
+    import sys
+
+    # HF_HUB_OFFLINE: fail at once instead of after huggingface-hub's retries (same error path).
+    env = dict(os.environ, KERAS_HOME=str(tmp_path / "keras_home"), HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "fcnseg.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+TINY_TRAIN = ["--image-size", "64x48", "--batch-size", "1", "--steps-per-epoch", "1", "--val-steps", "1",
+              "--epochs", "1", "--image-every", "0", "--source-option", "val_size=1", "--source-option", "train_size=2"]
+
+
+def test_cli_imagenet_offline_is_one_line(tmp_path):
+    pytest.importorskip("keras_hub")
+    proc = _fcnseg("train", "--model", "linknet", "--encoder", "resnet34", "--encoder-weights", "imagenet",
+                   *TINY_TRAIN, "--run-dir", str(tmp_path / "run"), tmp_path=tmp_path)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "hf://timm/resnet34.tv_in1k" in errors[0] and "--encoder-weights DIR" in errors[0]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_cli_trains_from_a_preset_folder(tmp_path):
+    keras.utils.set_random_seed(7)
+    _hub_resnet("resnet34").save_to_preset(str(tmp_path / "preset"))
+    proc = _fcnseg("train", "--model", "linknet", "--encoder", "resnet34", "--encoder-weights",
+                   str(tmp_path / "preset"), *TINY_TRAIN, "--run-dir", str(tmp_path / "run"), tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "best.keras").is_file()
+
+
+def test_cli_refuses_an_encoder_the_model_cannot_take(tmp_path):
+    from click.testing import CliRunner
+
+    from fcnseg.cli import main
+
+    result = CliRunner().invoke(main, ["train", "--model", "fcn8s", "--encoder", "resnet50",
+                                       "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code != 0
+    assert "cannot take --encoder resnet50; its encoders are: vgg16" in result.output
+    assert not (tmp_path / "run").exists()
