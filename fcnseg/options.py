@@ -30,6 +30,8 @@ class TrainConfig:
     model: str = "linknet"  # a key of fcnseg.models.MODELS
     encoder: str | None = None  # a key of fcnseg.models.encoders.ENCODERS; None = the model's default
     encoder_weights: str | None = None  # None, "imagenet", a weights file, saved model or keras-hub preset dir
+    freeze_encoder_epochs: int = 0  # encoder frozen (weights and BN statistics) for the first N epochs
+    encoder_lr_mult: float = 1.0  # the encoder's learning rate is the optimizer's times this
     init_from: str | None = None  # start from this fcnseg checkpoint's weights (fine-tuning)
     width: float = 1.0  # filter-count multiplier (1.0 = the paper's model)
     image_size: tuple[int, int] | None = None  # (W, H) to train at; None = the source's default
@@ -115,7 +117,8 @@ BOUNDS: dict[str, tuple[float, bool, float | None]] = {
     "weight_decay": (0, False, None), "focal_gamma": (0, False, None), "max_minutes": (0, True, None),
     "epochs": (1, False, None), "batch_size": (1, False, None), "steps_per_epoch": (1, False, None),
     "val_steps": (1, False, None), "accumulate": (1, False, None), "image_every": (0, False, None),
-    "num_images": (0, False, None), "save_every": (1, False, None), "image_size": (8, False, None)}
+    "num_images": (0, False, None), "save_every": (1, False, None), "image_size": (8, False, None),
+    "freeze_encoder_epochs": (0, False, None), "encoder_lr_mult": (0, False, None)}
 
 # Options whose name is not "--" + the field's name with dashes.
 _OPTION_NAMES = {"learning_rate": "--lr", "jit_compile": "--jit", "augment": "--no-augment",

@@ -302,3 +302,78 @@ def test_cli_refuses_an_encoder_the_model_cannot_take(tmp_path):
     assert result.exit_code != 0
     assert "cannot take --encoder resnet50; its encoders are: vgg16" in result.output
     assert not (tmp_path / "run").exists()
+
+
+# --- fine-tuning: --freeze-encoder-epochs and --encoder-lr-mult -----------------------------------
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
+def test_encoder_lr_mult_scales_only_the_named_variables_updates(optimizer):
+    from fcnseg.optimizers import make_optimizer, scale_learning_rate
+    from fcnseg.train import TrainConfig
+
+    start = np.array([1.0, -2.0, 3.0], "float32")
+    enc, dec = keras.Variable(start, name="enc"), keras.Variable(start, name="dec")
+    opt = make_optimizer(TrainConfig(optimizer=optimizer, learning_rate=0.01, momentum=0.0), 10)
+    opt.build([enc, dec])
+    scale_learning_rate(opt, [enc], 0.25)
+    grad = np.array([0.5, 1.0, -3.0], "float32")
+    for _ in range(3):
+        opt.apply_gradients([(grad, enc), (grad, dec)])
+    moved_enc, moved_dec = np.asarray(enc) - start, np.asarray(dec) - start
+    assert np.abs(moved_dec).min() > 1e-4
+    np.testing.assert_allclose(moved_enc, 0.25 * moved_dec, rtol=1e-4)
+
+
+def _encoder_weights(model) -> list[np.ndarray]:
+    return [np.asarray(w) for layer in encoder_layers(model) for w in layer.weights]
+
+
+def _initial_model(config):
+    from fcnseg.sources.synthetic import CLASSES
+    from fcnseg.train import build_model
+
+    num_classes = CLASSES.num_classes
+    keras.utils.set_random_seed(config.seed)  # as fcnseg.train builds it
+    return build_model(config, num_classes)
+
+
+FINETUNE = dict(model="linknet", width=0.125, image_size=(48, 32), batch_size=2, steps_per_epoch=2, val_steps=1,
+                source_options={"train_size": 4, "val_size": 2}, num_images=0, save_every=1)
+
+
+def test_frozen_encoder_and_its_batch_norm_statistics_stay_then_train(tmp_path):
+    from fcnseg import checkpoint
+    from fcnseg.train import TrainConfig, train
+
+    config = TrainConfig(**FINETUNE, epochs=1, freeze_encoder_epochs=1, run_dir=str(tmp_path / "run"))
+    train(config, log=lambda s: None)
+    initial = _initial_model(config)
+    after_frozen, _, _ = checkpoint.load(str(tmp_path / "run" / "last.keras"))
+    for got, want in zip(_encoder_weights(after_frozen), _encoder_weights(initial)):
+        np.testing.assert_array_equal(got, want)  # kernels, gamma/beta and the moving statistics
+    decoder = after_frozen.get_layer("decoder4_conv1").get_weights()[0]
+    assert not np.allclose(decoder, initial.get_layer("decoder4_conv1").get_weights()[0])
+
+    train(config, resume=True, resume_epochs=2, log=lambda s: None)
+    unfrozen, _, _ = checkpoint.load(str(tmp_path / "run" / "last.keras"))
+    moved = [not np.allclose(a, b) for a, b in zip(_encoder_weights(unfrozen), _encoder_weights(after_frozen))]
+    assert all(moved), "every encoder weight, moving statistics included, trains once unfrozen"
+
+
+def test_encoder_lr_mult_zero_keeps_the_encoder_in_training(tmp_path):
+    from fcnseg import checkpoint
+    from fcnseg.train import TrainConfig, train
+
+    config = TrainConfig(**FINETUNE, epochs=1, encoder_lr_mult=0.0, run_dir=str(tmp_path / "run"))
+    train(config, log=lambda s: None)
+    initial = _initial_model(config)
+    trained, _, _ = checkpoint.load(str(tmp_path / "run" / "last.keras"))
+    (enc_now,), (enc_then,) = encoder_layers(trained), encoder_layers(initial)
+    for got, want in zip(enc_now.trainable_weights, enc_then.trainable_weights):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # its batch norm still runs in training mode (only the update is scaled), and the decoder trains
+    assert not np.allclose(np.asarray(enc_now.get_layer("conv1_bn").moving_mean),
+                           np.asarray(enc_then.get_layer("conv1_bn").moving_mean))
+    assert not np.allclose(trained.get_layer("final_conv").get_weights()[0],
+                           initial.get_layer("final_conv").get_weights()[0])
