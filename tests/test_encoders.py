@@ -342,6 +342,7 @@ FINETUNE = dict(model="linknet", width=0.125, image_size=(48, 32), batch_size=2,
                 source_options={"train_size": 4, "val_size": 2}, num_images=0, save_every=1)
 
 
+@pytest.mark.slow  # two short training runs
 def test_frozen_encoder_and_its_batch_norm_statistics_stay_then_train(tmp_path):
     from fcnseg import checkpoint
     from fcnseg.train import TrainConfig, train
@@ -361,6 +362,7 @@ def test_frozen_encoder_and_its_batch_norm_statistics_stay_then_train(tmp_path):
     assert all(moved), "every encoder weight, moving statistics included, trains once unfrozen"
 
 
+@pytest.mark.slow  # two short training runs
 def test_encoder_lr_mult_zero_keeps_the_encoder_in_training(tmp_path):
     from fcnseg import checkpoint
     from fcnseg.train import TrainConfig, train
