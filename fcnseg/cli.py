@@ -161,9 +161,15 @@ def train_option(*decls: str, help: str = "", **kwargs):
                    "options given on the command line override it, --source-option key by key.")
 @source_options
 @train_option("--model", "model", help="Architecture.")
-@train_option("--encoder", "encoder", help="LinkNet encoder.")
+@train_option("--encoder", "encoder", help="Encoder (backbone); default: the model's own (linknet: resnet18, "
+                                           "fcn*: vgg16, the only one FCN takes).")
 @train_option("--encoder-weights", "encoder_weights",
-              help="'imagenet' (FCN: VGG16 via keras.applications) or a local weights file.")
+              help="'imagenet' (keras.applications, or keras-hub for resnet18/34: pip install \"fcnseg[hub]\") "
+                   "or a local Keras weights file, saved keras.applications model or keras-hub preset folder.")
+@train_option("--freeze-encoder-epochs", "freeze_encoder_epochs", type=int,
+              help="Train with the encoder frozen (weights and batch-norm statistics) for the first N epochs.")
+@train_option("--encoder-lr-mult", "encoder_lr_mult", type=FiniteFloat(),
+              help="The encoder's learning rate is --lr times this (e.g. 0.1 for a pretrained encoder).")
 @train_option("--init-from", "init_from", type=click.Path(dir_okay=False),
               help="Start from the weights of this fcnseg checkpoint (fine-tuning; same model and classes).")
 @train_option("--width", "width", type=FiniteFloat(), help="Filter-count multiplier; 1.0 is the paper's model.")

@@ -194,3 +194,28 @@ def make_optimizer(config: OptimizerSettings, total_steps: int,
         # float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none.
         opt = keras.optimizers.LossScaleOptimizer(opt)
     return opt
+
+
+def scale_learning_rate(optimizer: keras.optimizers.Optimizer, variables, factor: float) -> None:
+    """Makes ``optimizer`` update ``variables`` with its learning rate times ``factor`` (a pretrained
+    encoder fine-tuned slower than the decoder); every other variable keeps the rate.
+
+    The rate is scaled inside each variable's update, not the gradient: Adam and RMSprop divide the
+    gradient's scale away. Decoupled weight decay keeps the base rate.
+
+    Example:
+        >>> scale_learning_rate(optimizer, model.get_layer("resnet18").trainable_variables, 0.1)
+    """
+    if factor == 1.0:
+        return
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer's updates are its inner's
+    # Keras hands update_step the backend's variable (tf.Variable under TensorFlow); its own key maps both.
+    scaled = {inner._var_key(v) for v in variables}
+    base = inner.update_step
+
+    def update_step(gradient, variable, learning_rate):
+        if inner._var_key(variable) in scaled:
+            learning_rate = ops.multiply(learning_rate, ops.cast(factor, learning_rate.dtype))
+        return base(gradient, variable, learning_rate)
+
+    inner.update_step = update_step

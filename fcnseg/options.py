@@ -5,7 +5,7 @@ defaults are TrainConfig's field defaults and whose choices are the tables below
 ``--config FILE`` (a JSON file of ``config.json``'s schema), ``--resume`` (the
 run's own ``config.json``) and Python callers of :func:`fcnseg.train.train`. The
 names come from the tables that implement them (``fcnseg.models.MODELS``, the
-LinkNet encoders, ``fcnseg.optimizers.OPTIMIZERS`` / ``SCHEDULES``), read only
+encoder table, ``fcnseg.optimizers.OPTIMIZERS`` / ``SCHEDULES``), read only
 when asked for, because importing them loads TensorFlow. This module imports
 nothing heavy, so the CLI can build its options from it at start-up.
 """
@@ -28,8 +28,10 @@ class TrainConfig:
     data_dir: str | None = None  # dataset root (not needed by the synthetic source)
     source_options: dict = field(default_factory=dict)  # extra source options, e.g. {"task": "lane"}
     model: str = "linknet"  # a key of fcnseg.models.MODELS
-    encoder: str = "resnet18"  # LinkNet encoder: resnet18 | resnet34
-    encoder_weights: str | None = None  # None, "imagenet" (FCN) or a local weights file
+    encoder: str | None = None  # a key of fcnseg.models.encoders.ENCODERS; None = the model's default
+    encoder_weights: str | None = None  # None, "imagenet", a weights file, saved model or keras-hub preset dir
+    freeze_encoder_epochs: int = 0  # encoder frozen (weights and BN statistics) for the first N epochs
+    encoder_lr_mult: float = 1.0  # the encoder's learning rate is the optimizer's times this
     init_from: str | None = None  # start from this fcnseg checkpoint's weights (fine-tuning)
     width: float = 1.0  # filter-count multiplier (1.0 = the paper's model)
     image_size: tuple[int, int] | None = None  # (W, H) to train at; None = the source's default
@@ -69,6 +71,8 @@ class TrainConfig:
         for key in ("image_size", "class_weights", "fbeta"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
+        if str(data.get("model", "")).startswith("fcn") and data.get("encoder") == "resnet18":
+            data["encoder"] = None  # runs saved before the encoder table recorded LinkNet's default beside an FCN
         return cls(**data)
 
 
@@ -86,7 +90,7 @@ def _models() -> tuple:
 
 
 def _encoders() -> tuple:
-    from fcnseg.models.linknet import ENCODERS
+    from fcnseg.models.encoders import ENCODERS
 
     return tuple(ENCODERS)
 
@@ -114,7 +118,8 @@ BOUNDS: dict[str, tuple[float, bool, float | None]] = {
     "weight_decay": (0, False, None), "focal_gamma": (0, False, None), "max_minutes": (0, True, None),
     "epochs": (1, False, None), "batch_size": (1, False, None), "steps_per_epoch": (1, False, None),
     "val_steps": (1, False, None), "accumulate": (1, False, None), "image_every": (0, False, None),
-    "num_images": (0, False, None), "save_every": (1, False, None), "image_size": (8, False, None)}
+    "num_images": (0, False, None), "save_every": (1, False, None), "image_size": (8, False, None),
+    "freeze_encoder_epochs": (0, False, None), "encoder_lr_mult": (0, False, None)}
 
 # Options whose name is not "--" + the field's name with dashes.
 _OPTION_NAMES = {"learning_rate": "--lr", "jit_compile": "--jit", "augment": "--no-augment",
@@ -197,7 +202,10 @@ def validate(config: TrainConfig) -> None:
         problem = field_problem(name, getattr(config, name))
         if problem:
             raise FcnsegError(f"{option_name(name)} {problem}")
-    refusal = fcn_bfloat16_refusal(config.model, config.mixed_precision)
+    from fcnseg.models import encoder_refusal
+
+    refusal = fcn_bfloat16_refusal(config.model, config.mixed_precision) or encoder_refusal(config.model,
+                                                                                             config.encoder)
     if refusal:
         raise FcnsegError(refusal)
     from fcnseg.losses import parse_spec

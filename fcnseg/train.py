@@ -96,6 +96,7 @@ def _train(config: TrainConfig, resume: bool, log, chief: bool, work_dir: str) -
             log(f"{config.run_dir} has already trained its {start} epoch(s); pass --epochs N (more than {start}) "
                 "to train further")
         for epoch in range(start, config.epochs):
+            _freeze_encoder(run, epoch < config.freeze_encoder_epochs, log)
             out_of_time = _train_epoch(run, epoch, log)
             _end_epoch(run, epoch, log)
             if out_of_time:
@@ -145,6 +146,7 @@ class _Run:
     best_scores: dict = field(default_factory=dict)
     train_seconds: float = 0.0  # the current epoch's training time
     writers: Any = None  # fcnseg.summaries.Writers, opened once the run is restored
+    encoder: list = field(default_factory=list)  # the model's encoder layers (--freeze-encoder-epochs)
 
 
 def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Run:
@@ -153,7 +155,8 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
     import tensorflow as tf
 
     from fcnseg import losses, sources
-    from fcnseg.optimizers import make_optimizer
+    from fcnseg.models.encoders import encoder_layers
+    from fcnseg.optimizers import make_optimizer, scale_learning_rate
 
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -175,8 +178,12 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
         # The schedule counts optimizer updates, which accumulation makes fewer.
         optimizer = make_optimizer(config, max(1, steps_per_epoch * config.epochs // config.accumulate), deadline)
         # Slots must exist before the first distributed step: creating them
-        # lazily inside strategy.run breaks mirrored variables.
+        # lazily inside strategy.run breaks mirrored variables. Built before any freezing, so the
+        # encoder's slots exist too: unfreezing needs none new and every saved state has the same.
         optimizer.build(model.trainable_variables)
+        encoder = encoder_layers(model)
+        scale_learning_rate(optimizer, [v for layer in encoder for v in layer.trainable_variables],
+                            config.encoder_lr_mult)
         counters = _state_variables()
     opts = losses.LossOptions(class_weights=config.class_weights, fbeta=tuple(config.fbeta),
                               focal_gamma=config.focal_gamma)
@@ -190,8 +197,8 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
         val_ds=val_ds.take(config.val_steps) if config.val_steps else val_ds,
         shown=_fixed_samples(source, config.num_images), state=state,
         manager=tf.train.CheckpointManager(state, os.path.join(work_dir, "state"), max_to_keep=1),
-        steps_per_epoch=steps_per_epoch, deadline=deadline,
-        meta={"model": config.model, "encoder": config.encoder, "source": source.describe(),
+        steps_per_epoch=steps_per_epoch, deadline=deadline, encoder=encoder,
+        meta={"model": config.model, "encoder": model_encoder(config), "source": source.describe(),
               "config": config.to_json()}, **counters)
 
 
@@ -200,12 +207,19 @@ def build_model(config: TrainConfig, num_classes: int):
     from fcnseg.models import MODELS
 
     kwargs = {"encoder_weights": config.encoder_weights, "width": config.width}
-    if config.model == "linknet":
+    if config.encoder is not None:
         kwargs["encoder"] = config.encoder
     try:
         return MODELS[config.model](num_classes, **kwargs)
-    except ValueError as e:  # bad encoder name or weights file: already a one-line message
+    except ValueError as e:  # bad encoder name or weights source: already a one-line message
         raise FcnsegError(str(e).splitlines()[0]) from e
+
+
+def model_encoder(config: TrainConfig) -> str:
+    """The encoder the model is built on: ``config.encoder``, or the model's default."""
+    from fcnseg.models import MODEL_ENCODERS
+
+    return config.encoder or MODEL_ENCODERS[config.model][0]
 
 
 def init_weights(model, path: str, classes) -> None:
@@ -288,6 +302,17 @@ def _make_train_step(config: TrainConfig, strategy, model, optimizer, loss_fn):
         return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None), optimizer.learning_rate
 
     return train_step
+
+
+def _freeze_encoder(run: _Run, frozen: bool, log) -> None:
+    """Freeze or unfreeze the encoder; a frozen Keras batch norm also runs in inference mode, so its
+    statistics stay too. The compiled step captured the trainable variables: a change needs a new one."""
+    if not run.encoder or all(layer.trainable != frozen for layer in run.encoder):
+        return
+    for layer in run.encoder:
+        layer.trainable = not frozen
+    log(f"encoder {'frozen' if frozen else 'unfrozen'} (--freeze-encoder-epochs {run.config.freeze_encoder_epochs})")
+    run.train_step = _make_train_step(run.config, run.strategy, run.model, run.optimizer, run.eval_loss)
 
 
 # --- restoring a run: --resume loads the last saved state and the history it committed ------------

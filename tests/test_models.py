@@ -507,8 +507,9 @@ def test_pretrained_needs_full_width():
         fcn8s(3, encoder_weights="imagenet", width=0.5)
 
 
-def test_linknet_imagenet_is_clear_error():
-    _assert_one_line_error("local", linknet, 3, encoder_weights="imagenet", width=TINY)
+def test_linknet_imagenet_needs_full_width():
+    with pytest.raises(ValueError, match="width"):
+        linknet(3, encoder_weights="imagenet", width=TINY)
 
 
 def test_linknet_encoder_weights_round_trip(tmp_path):

@@ -1,12 +1,31 @@
-"""Segmentation models: FCN-8s/16s/32s (VGG16) and LinkNet (ResNet18/34).
+"""Segmentation models: FCN-8s/16s/32s (VGG16) and LinkNet (any encoder of the table).
 
 Every builder returns a ``keras.Model`` from float32 RGB 0..255 images
-(B, H, W, 3) to float32 logits (B, H, W, num_classes) for any H and W.
+(B, H, W, 3) to float32 logits (B, H, W, num_classes) for any H and W, and
+takes ``encoder`` (a key of ``fcnseg.models.encoders.ENCODERS`` that
+``MODEL_ENCODERS`` allows for it), ``encoder_weights`` and ``width``.
 """
 
+from fcnseg.models.encoders import ENCODERS
 from fcnseg.models.fcn import fcn8s, fcn16s, fcn32s
 from fcnseg.models.linknet import linknet
 
 MODELS = {"fcn8s": fcn8s, "fcn16s": fcn16s, "fcn32s": fcn32s, "linknet": linknet}
 
-__all__ = ["MODELS", "fcn8s", "fcn16s", "fcn32s", "linknet"]
+# The encoders each model can take, its default first. FCN is the paper's VGG16 net (its fc6/fc7
+# are VGG16's classifier), so it takes no other.
+MODEL_ENCODERS: dict[str, tuple[str, ...]] = {
+    "fcn8s": ("vgg16",), "fcn16s": ("vgg16",), "fcn32s": ("vgg16",),
+    "linknet": ("resnet18", *(name for name in ENCODERS if name != "resnet18")),
+}
+
+
+def encoder_refusal(model: str, encoder: str | None) -> str | None:
+    """Why ``model`` cannot take ``encoder`` (one line listing those it can), or None when it can."""
+    valid = MODEL_ENCODERS[model]
+    if encoder is None or encoder in valid:
+        return None
+    return f"--model {model} cannot take --encoder {encoder}; its encoders are: {', '.join(valid)}"
+
+
+__all__ = ["ENCODERS", "MODELS", "MODEL_ENCODERS", "encoder_refusal", "fcn8s", "fcn16s", "fcn32s", "linknet"]

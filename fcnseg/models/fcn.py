@@ -54,7 +54,10 @@ def _fcn(
     encoder_weights: str | None,
     width: float,
     dropout: float,
+    encoder: str = "vgg16",
 ) -> keras.Model:
+    if encoder != "vgg16":
+        raise ValueError(f"{variant} is built on VGG16: --encoder must be vgg16, got {encoder!r}")
     if encoder_weights is not None and width != 1.0:
         raise ValueError(f"pretrained encoder weights need width=1.0, got width={width}")
     inputs = keras.Input((None, None, 3), name="image")
@@ -99,6 +102,7 @@ def fcn32s(
     encoder_weights: str | None = None,
     width: float = 1.0,
     dropout: float = 0.5,
+    encoder: str = "vgg16",
 ) -> keras.Model:
     """FCN-32s: VGG16, fc6/fc7 as convs, score_fr upsampled 32x.
 
@@ -109,6 +113,7 @@ def fcn32s(
             local VGG16 Keras weights file with or without the top.
         width: multiplier on every conv's filter count (tiny test models).
         dropout: dropout rate after fc6 and fc7.
+        encoder: ``"vgg16"``, the only one (fc6/fc7 are VGG16's classifier).
 
     Returns:
         ``keras.Model`` mapping float32 RGB 0..255 images (B, H, W, 3) to
@@ -119,7 +124,7 @@ def fcn32s(
         >>> model(np.zeros((1, 33, 47, 3), "float32")).shape
         TensorShape([1, 33, 47, 21])
     """
-    return _fcn("fcn32s", num_classes, encoder_weights, width, dropout)
+    return _fcn("fcn32s", num_classes, encoder_weights, width, dropout, encoder)
 
 
 def fcn16s(
@@ -127,6 +132,7 @@ def fcn16s(
     encoder_weights: str | None = None,
     width: float = 1.0,
     dropout: float = 0.5,
+    encoder: str = "vgg16",
 ) -> keras.Model:
     """FCN-16s: FCN-32s plus the pool4 skip (2x up, fuse, 16x up).
 
@@ -135,7 +141,7 @@ def fcn16s(
     Example:
         >>> model = fcn16s(21, width=1 / 16)
     """
-    return _fcn("fcn16s", num_classes, encoder_weights, width, dropout)
+    return _fcn("fcn16s", num_classes, encoder_weights, width, dropout, encoder)
 
 
 def fcn8s(
@@ -143,6 +149,7 @@ def fcn8s(
     encoder_weights: str | None = None,
     width: float = 1.0,
     dropout: float = 0.5,
+    encoder: str = "vgg16",
 ) -> keras.Model:
     """FCN-8s: staged fusion of score_fr, pool4 and pool3, then 8x up.
 
@@ -157,4 +164,4 @@ def fcn8s(
         >>> model(np.zeros((1, 32, 32, 3), "float32")).shape
         TensorShape([1, 32, 32, 21])
     """
-    return _fcn("fcn8s", num_classes, encoder_weights, width, dropout)
+    return _fcn("fcn8s", num_classes, encoder_weights, width, dropout, encoder)

@@ -1,4 +1,4 @@
-"""LinkNet on a ResNet18/34 encoder.
+"""LinkNet on any encoder of the table (ResNet18/34 in the paper).
 
 Chaurasia & Culurciello, "LinkNet: Exploiting Encoder Representations for
 Efficient Semantic Segmentation", VCIP 2017 (arXiv:1707.03718). Each decoder
@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import keras
 
-from fcnseg.models.layers import (CropToReference, FusedBatchNormalization, ImageNetNormalize, PadToMultiple,
-                                  TORCH_BN, scaled)
-from fcnseg.models.resnet import resnet18, resnet34
-from fcnseg.models.weights import load_encoder_weights
+from fcnseg.models.encoders import ENCODERS, build_encoder, encoder_features, preprocessing
+from fcnseg.models.layers import CropToReference, FusedBatchNormalization, PadToMultiple, TORCH_BN, scaled
 
-ENCODERS = {"resnet18": resnet18, "resnet34": resnet34}
-
-# (in, out) channels of decoder4 .. decoder1, as in the paper's Table 1.
-DECODER_FILTERS = ((512, 256), (256, 128), (128, 64), (64, 64))
+# The paper's decoder1 output (its other in/out channels are the encoder's, Table 1).
+DECODER1_FILTERS = 64
 
 
 def _bn_relu(x, name: str):
@@ -26,7 +22,8 @@ def _bn_relu(x, name: str):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def apply_decoder_block(x, in_filters: int, out_filters: int, name: str, width: float = 1.0, strides: int = 2):
+def apply_decoder_block(x, in_filters: int, out_filters: int, name: str, width: float = 1.0, strides: int = 2,
+                        out_scaled: bool = False):
     """LinkNet decoder block: 1x1 m->m/4, 3x3 full-conv (x``strides``) m/4->m/4, 1x1 m/4->n.
 
     Each conv is followed by BN and ReLU; convs have no bias (BN's beta is one).
@@ -38,6 +35,7 @@ def apply_decoder_block(x, in_filters: int, out_filters: int, name: str, width: 
         name: prefix, e.g. ``"decoder4"``.
         width: multiplier on every filter count.
         strides: upsampling factor of the full-conv, 2 or (decoder1) 1.
+        out_scaled: ``out_filters`` is already the final count (not scaled by ``width``).
 
     Returns:
         (B, sH, sW, n) tensor, s = ``strides``.
@@ -57,7 +55,8 @@ def apply_decoder_block(x, in_filters: int, out_filters: int, name: str, width: 
             mid, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_deconv"
         )(x)
     x = _bn_relu(x, f"{name}_deconv")
-    x = keras.layers.Conv2D(scaled(out_filters, width), 1, use_bias=False, name=f"{name}_conv2")(x)
+    out = out_filters if out_scaled else scaled(out_filters, width)
+    x = keras.layers.Conv2D(out, 1, use_bias=False, name=f"{name}_conv2")(x)
     return _bn_relu(x, f"{name}_conv2")
 
 
@@ -67,17 +66,20 @@ def linknet(
     encoder_weights: str | None = None,
     width: float = 1.0,
 ) -> keras.Model:
-    """LinkNet with a ResNet18 or ResNet34 encoder.
+    """LinkNet on an encoder of ``fcnseg.models.encoders.ENCODERS``.
 
-    About 11.5M parameters with ResNet18, as in the paper.
+    About 11.5M parameters with ResNet18, as in the paper. Decoder block i
+    maps the encoder's channels at stride 2^(i+2) (the paper's m) to those at
+    stride 2^(i+1) (its n), so its output adds onto that skip; decoder1 maps
+    to 64 as in the paper.
 
     Args:
         num_classes: number of output channels (logits).
-        encoder: ``"resnet18"`` or ``"resnet34"``.
-        encoder_weights: ``None`` or a local encoder ``.weights.h5`` as written
-            by ``resnet18().save_weights(path)``. ``"imagenet"`` raises
-            ``WeightsError``: keras.applications has no ResNet18/34.
-        width: multiplier on every conv's filter count (tiny test models).
+        encoder: a key of the encoder table, e.g. ``"resnet18"``.
+        encoder_weights: ``None``, ``"imagenet"`` or a local path, as
+            :func:`fcnseg.models.encoders.build_encoder` takes.
+        width: multiplier on every conv's filter count (tiny test models);
+            keras.applications encoders keep their full width.
 
     Returns:
         ``keras.Model`` named ``linknet_<encoder>`` mapping float32 RGB 0..255
@@ -88,25 +90,26 @@ def linknet(
         >>> model(np.zeros((1, 33, 47, 3), "float32")).shape
         TensorShape([1, 33, 47, 12])
     """
-    if encoder not in ENCODERS:
-        raise ValueError(f"encoder must be one of {sorted(ENCODERS)}, got {encoder!r}")
-    backbone = ENCODERS[encoder](width)
-    if encoder_weights is not None:
-        load_encoder_weights(backbone, encoder_weights)
+    backbone = build_encoder(encoder, width, encoder_weights)
+    channels = dict(zip((2, 4, 8, 16, 32), ENCODERS[encoder].channels))
 
     inputs = keras.Input((None, None, 3), name="image")
-    x = ImageNetNormalize(name="preprocess")(inputs)
+    x = preprocessing(encoder)(inputs)
     x = PadToMultiple(32, name="pad")(x)
-    skips = backbone(x)  # encoder1..encoder4, strides 4..32
+    feats = encoder_features(backbone, x)  # the paper's encoder1..encoder4 are strides 4..32
 
-    x = skips[3]
-    for level, (m, n) in zip((4, 3, 2, 1), DECODER_FILTERS):
+    x = feats[32]
+    for level in (4, 3, 2, 1):
+        stride = 2 ** (level + 1)
+        # The output must add onto the skip, whose channels a full-width library encoder keeps.
+        out = feats[stride // 2].shape[-1] if level > 1 else scaled(DECODER1_FILTERS, width)
         # ResNet's first stage keeps the stem's stride 4 (the paper's encoder block 1 halves it
         # again), so decoder1 must not upsample: with it at stride 2 the head's two x2 steps
         # overshoot to twice the input size.
-        x = apply_decoder_block(x, m, n, f"decoder{level}", width, strides=1 if level == 1 else 2)
+        x = apply_decoder_block(x, channels[stride], out, f"decoder{level}", width,
+                                strides=1 if level == 1 else 2, out_scaled=True)
         if level > 1:
-            x = keras.layers.Add(name=f"skip{level - 1}")([x, skips[level - 2]])
+            x = keras.layers.Add(name=f"skip{level - 1}")([x, feats[stride // 2]])
 
     x = keras.layers.Conv2DTranspose(
         scaled(32, width), 3, strides=2, padding="same", use_bias=False, name="final_deconv1"

@@ -69,19 +69,27 @@ def apply_basic_block(x, filters: int, strides: int, name: str):
     return keras.layers.ReLU(name=f"{name}_out")(x)
 
 
-def _resnet(name: str, width: float) -> keras.Model:
+def resnet_encoder(name: str, width: float, taps) -> keras.Model:
+    """ResNet18/34 ``name`` (a key of ``RESNET_DEPTHS``) returning the outputs of the layers ``taps``.
+
+    The layers (and so the weights) are the same whatever ``taps`` is: a weights file of
+    :func:`resnet18` loads into ``resnet_encoder("resnet18", 1.0, ("conv1_relu", ...))``.
+
+    Example:
+        >>> encoder = resnet_encoder("resnet18", 1 / 16, ("conv1_relu", "stage4_block2_out"))
+    """
     inputs = keras.Input((None, None, 3), name="image")
     x = conv_bn(inputs, scaled(64, width), 7, 2, "conv1")
+    feats = {"conv1_relu": x}
     # Zero padding is -inf padding here: inputs are post-ReLU, so >= 0.
     x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="pool1")(x)
-    feats = {}
     for s, (blocks, filters) in enumerate(zip(RESNET_DEPTHS[name], RESNET_FILTERS), start=1):
         for b in range(1, blocks + 1):
             strides = 2 if s > 1 and b == 1 else 1
             x = apply_basic_block(x, scaled(filters, width), strides, f"stage{s}_block{b}")
             feats[f"stage{s}_block{b}_out"] = x
-    return keras.Model(inputs, [feats[n] for n in RESNET_STAGE_OUTPUTS[name]], name=name)
+    return keras.Model(inputs, [feats[n] for n in taps], name=name)
 
 
 def resnet18(width: float = 1.0) -> keras.Model:
@@ -97,7 +105,7 @@ def resnet18(width: float = 1.0) -> keras.Model:
     Example:
         >>> e1, e2, e3, e4 = resnet18(width=1 / 16)(np.zeros((1, 64, 64, 3), "float32"))
     """
-    return _resnet("resnet18", width)
+    return resnet_encoder("resnet18", width, RESNET_STAGE_OUTPUTS["resnet18"])
 
 
 def resnet34(width: float = 1.0) -> keras.Model:
@@ -106,4 +114,4 @@ def resnet34(width: float = 1.0) -> keras.Model:
     Example:
         >>> encoder = resnet34(width=1 / 16)
     """
-    return _resnet("resnet34", width)
+    return resnet_encoder("resnet34", width, RESNET_STAGE_OUTPUTS["resnet34"])
