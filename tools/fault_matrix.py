@@ -53,7 +53,7 @@ TINY = (f"--width 0.125 --image-size {W}x{H} --batch-size 2 --val-steps 1 --imag
         "--source-option val_size=2 --source-option train_size=4")
 ONE_STEP = f"{TINY} --steps-per-epoch 1 --epochs 1"
 CAMVID_TRAIN = (f"--data-source camvid --data-dir {{ws}}/camvid --width 0.125 --image-size {W}x{H} "
-                "--batch-size 1 --epochs 1 --steps-per-epoch 2 --image-every 0 --run-dir {ws}/run")
+                "--batch-size 2 --epochs 1 --steps-per-epoch 1 --image-every 0 --run-dir {ws}/run")
 KILL_RUN = f"{TINY} --steps-per-epoch 3 --epochs 3 --save-every 2 --deterministic"
 KILL_EPOCHS = 3
 TIMEOUT = 300
@@ -342,7 +342,8 @@ def option_cases() -> list[Case]:
              ("momentum-2", "--momentum 2", "--momentum"), ("epochs-zero", "--epochs 0", "--epochs"),
              ("batch-negative", "--batch-size -1", "--batch-size"), ("model-unknown", "--model unet", "--model"),
              ("optimizer-unknown", "--optimizer lion", "--optimizer"),
-             ("image-size-bad", "--image-size 32", "--image-size"), ("image-size-tiny", "--image-size 4x4", "--image-size"),
+             ("image-size-bad", "--image-size 32", "--image-size"),
+             ("image-size-tiny", "--image-size 4x4", "--image-size"),
              ("class-weights-count", "--class-weights 1,2", "--class-weights"),
              ("class-weights-nan", "--class-weights 1,1,nan,1,1,1", "--class-weights"),
              ("class-weights-file", "--class-weights {ws}/w.json", "{ws}/w.json"),
@@ -454,7 +455,8 @@ def output_cases() -> list[Case]:
             cases.append(E(f"{name}-{variant}", cmd, *needles, setup=(("images",), ("camvid",), *steps),
                            priv=not needs_mount, quick=f"{name}-{variant}" in quick))
     return cases + [
-        E("evaluate-output-is-folder", "evaluate --checkpoint {ckpt} --output {ws}/d", "--output", setup=(("mkdir", "d"),)),
+        E("evaluate-output-is-folder", "evaluate --checkpoint {ckpt} --output {ws}/d", "--output",
+          setup=(("mkdir", "d"),)),
         E("check-labels-weights-out-is-folder", f"{CHECK} --weights-out {{ws}}/d", "--weights-out",
           setup=(("camvid",), ("mkdir", "d"))),
         E("check-labels-previews-is-file", f"{CHECK} --previews {{ws}}/d", "--previews", "{ws}/d",
@@ -512,8 +514,10 @@ def run_dir_cases() -> list[Case]:
         E("train-run-dir-symlink-loop", f"train {ONE_STEP} --run-dir {{ws}}/d", "{ws}/d",
           setup=(("symlink", "d", "d"),)),
         E("train-resume-missing-run-dir", "train --resume --run-dir {ws}/nope", "{ws}/nope"),
-        E("train-resume-no-config", "train --resume --run-dir {ws}/d", "{ws}/d", setup=(("write", "d/notes.txt", "x"),)),
-        E("train-resume-corrupt-config", RESUME, "{ws}/run/config.json", setup=(*run, ("write", "run/config.json", "{"))),
+        E("train-resume-no-config", "train --resume --run-dir {ws}/d", "{ws}/d",
+          setup=(("write", "d/notes.txt", "x"),)),
+        E("train-resume-corrupt-config", RESUME, "{ws}/run/config.json",
+          setup=(*run, ("write", "run/config.json", "{"))),
         E("train-resume-corrupt-history", RESUME, "{ws}/run/history.json",
           setup=(*run, ("write", "run/history.json", "[{"))),
         E("train-resume-truncated-state", RESUME, "{ws}/run/state",
@@ -584,6 +588,10 @@ def control_cases() -> list[Case]:
     """Good inputs through the same fixtures: a failing bad-input case then means the fault, not the fixture."""
     return [
         Case("ok-train-camvid", f"train {CAMVID_TRAIN}", "ok", setup=(("camvid",),), changes=("run", "run/**")),
+        # --batch-size 1 died of SIGSEGV (heap corruption in the input pipeline) when this matrix was written.
+        Case("ok-train-batch-size-1", f"train {TINY} --batch-size 1 --steps-per-epoch 2 --epochs 1 "
+             "--run-dir {ws}/run",
+             "ok", changes=("run", "run/**"), quick=True),
         Case("ok-check-labels", f"{CHECK} --weights-out {{ws}}/w.json --previews {{ws}}/p", "ok", quick=True,
              setup=(("camvid",),), changes=("w.json", "p", "p/**")),
         Case("ok-evaluate", f"{EVALUATE} --output {{ws}}/r.json", "ok", setup=(("camvid",),), changes=("r.json",)),
@@ -851,7 +859,7 @@ def check_error(case: Case, out: Outcome, needles: list[str]) -> str | None:
     if out.rc == 0:
         return f"exit 0 (expected failure); stdout: {last_line(out.stdout)}"
     if out.rc < 0:
-        return f"died of signal {-out.rc}"
+        return died(out)
     if "Traceback" in out.stdout + out.stderr:
         return f"traceback: {last_line(out.stderr)}"
     errors = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
@@ -873,7 +881,13 @@ def check_report(case: Case, out: Outcome, needles: list[str]) -> str | None:
     return None if lines else f"no report line names {needles}"
 
 
+def died(out: Outcome) -> str:
+    return f"died of {signal.Signals(-out.rc).name} (no error line): {last_line(out.stderr)}"
+
+
 def check_ok(case: Case, out: Outcome, needles: list[str]) -> str | None:
+    if out.rc < 0:
+        return died(out)
     if out.rc != 0:
         return f"exit {out.rc}: {last_line(out.stderr)}"
     return "traceback" if "Traceback" in out.stderr else None
@@ -1028,6 +1042,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cases:
         print(f"no case matches {args.only!r}", file=sys.stderr)
         return 2
+    # A terminated harness still kills its fcnseg processes and unmounts its disks (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="fcnseg-fault-matrix-"))
     print(f"{len(cases)} cases in {root}", flush=True)
     try:
