@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from fcnseg.cli import main
 from fcnseg.options import read_config_file
-from tests.test_task_sources import carla_frame, carla_seg, image, write, write_bdd, write_carvana
+from test_task_sources import carla_frame, carla_seg, image, write, write_bdd, write_carvana
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -13,7 +13,7 @@ import pytest
 from fcnseg import sources
 from fcnseg.check_labels import check_labels
 from fcnseg.errors import FcnsegError
-from tests.conftest import shared_data
+from conftest import shared_data
 
 W, H = 40, 24
 
