@@ -29,6 +29,28 @@ from fcnseg.errors import FcnsegError
 TEMP_MARK = ".fcnseg-tmp"
 
 
+def is_symlink_loop(path: str) -> bool:
+    """Whether resolving ``path`` runs into a loop of symlinks (which os.path.exists reports as missing)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
+def not_a_folder(path: str) -> str:
+    """Why ``path`` is no folder, as the end of a sentence naming it."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if e.errno == errno.ENOENT:
+            return "does not exist"
+        return f"cannot be read: {e.strerror or e}"
+    return "is not a folder"
+
+
 def ensure_writable_dir(path: str, option: str) -> None:
     """Create ``path`` if needed and prove we can write there, or a one-line error naming ``option``."""
     if os.path.exists(path) and not os.path.isdir(path):

@@ -29,7 +29,7 @@ import numpy as np
 from fcnseg import imageio, overlay as overlay_lib
 from fcnseg.classes import ClassTable
 from fcnseg.errors import FcnsegError
-from fcnseg.files import atomic_write, ensure_writable_dir
+from fcnseg.files import atomic_write, ensure_writable_dir, is_symlink_loop
 from fcnseg.inference import make_infer, sliding_window_probabilities
 from fcnseg.progress import open_bar
 
@@ -188,13 +188,16 @@ def expand_inputs(inputs: tuple[str, ...] | list[str]) -> tuple[list[str], list[
         elif glob.has_magic(item) and glob.glob(item):
             files += sorted(f for f in glob.glob(item) if os.path.isfile(f))
         else:
-            errors.append((item, f"{item}: no such file, folder or glob match"))
+            why = "is a symlink loop" if is_symlink_loop(item) else "no such file, folder or glob match"
+            errors.append((item, f"{item}: {why}"))
     return files, errors
 
 
 def _describe_empty(item: str) -> str:
     if os.path.isdir(item):
         return f"folder {item} holds no files"
+    if is_symlink_loop(item):
+        return f"{item}: is a symlink loop"
     return f"{item} matches nothing" if glob.has_magic(item) else f"{item}: no such file or folder"
 
 
