@@ -334,6 +334,18 @@ def fill(folder):
             pass
 
 
+def test_full_disk_at_the_lock_is_one_line_and_leaves_nothing(tmp_path):
+    """The pid written into .lock was an uncaught ENOSPC that left run/.lock behind."""
+    from fs_faults import fill, tmpfs
+
+    with tmpfs(tmp_path / "d", "64k") as disk:
+        fill(disk)
+        result = run("train", *TINY, "--steps-per-epoch", "1", "--epochs", "1", "--run-dir", disk / "run")
+        assert result.exit_code != 0 and not isinstance(result.exception, OSError), result.output
+        assert f"--run-dir {disk / 'run'}" in result.output and "No space left" in result.output
+        assert sorted(os.listdir(disk)) == ["filler"]
+
+
 @pytest.mark.parametrize("save_every, failing", [(1, "state/ckpt-3"), (100, ".keras")])
 def test_full_disk_during_training_keeps_the_previous_state(small_disk, save_every, failing):
     import tensorflow as tf
