@@ -56,6 +56,8 @@ def ensure_writable_dir(path: str, option: str) -> list[str]:
     Returns the folders it created, deepest first (for :func:`remove_empty_folders` on a failed start)."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise FcnsegError(f"{option} {path} is a file, not a folder")
+    if is_symlink_loop(path):
+        raise FcnsegError(f"{option} {path} is a symlink loop")
     created = []
     folder = os.path.abspath(path)
     while not os.path.lexists(folder) and os.path.dirname(folder) != folder:

@@ -204,6 +204,7 @@ def test_symlink_loops_are_called_loops(tmp_path):
     """A looping split folder or predict input was reported as missing."""
     from fcnseg import sources
     from fcnseg.errors import FcnsegError
+    from fcnseg.files import ensure_writable_dir
     from fcnseg.predict import expand_inputs
 
     data = tmp_path / "camvid"
@@ -215,6 +216,8 @@ def test_symlink_loops_are_called_loops(tmp_path):
     loop = tmp_path / "in.png"
     loop.symlink_to(loop.name)
     assert expand_inputs([str(loop)]) == ([], [(str(loop), f"{loop}: is a symlink loop")])
+    with pytest.raises(FcnsegError, match=f"^--output-dir {loop} is a symlink loop$"):
+        ensure_writable_dir(str(loop), "--output-dir")
 
 
 def test_read_only_previews_folder(tmp_path):
