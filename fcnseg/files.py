@@ -29,16 +29,56 @@ from fcnseg.errors import FcnsegError
 TEMP_MARK = ".fcnseg-tmp"
 
 
-def ensure_writable_dir(path: str, option: str) -> None:
-    """Create ``path`` if needed and prove we can write there, or a one-line error naming ``option``."""
+def is_symlink_loop(path: str) -> bool:
+    """Whether resolving ``path`` runs into a loop of symlinks (which os.path.exists reports as missing)."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ELOOP
+    return False
+
+
+def not_a_folder(path: str) -> str:
+    """Why ``path`` is no folder, as the end of a sentence naming it."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symlink loop"
+        if e.errno == errno.ENOENT:
+            return "does not exist"
+        return f"cannot be read: {e.strerror or e}"
+    return "is not a folder"
+
+
+def ensure_writable_dir(path: str, option: str) -> list[str]:
+    """Create ``path`` if needed and prove we can write there, or a one-line error naming ``option``.
+    Returns the folders it created, deepest first (for :func:`remove_empty_folders` on a failed start)."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise FcnsegError(f"{option} {path} is a file, not a folder")
+    if is_symlink_loop(path):
+        raise FcnsegError(f"{option} {path} is a symlink loop")
+    created = []
+    folder = os.path.abspath(path)
+    while not os.path.lexists(folder) and os.path.dirname(folder) != folder:
+        created.append(folder)
+        folder = os.path.dirname(folder)
     try:
         os.makedirs(path, exist_ok=True)
         # A fresh exclusive name: a fixed probe name could be a planted symlink that open() would follow.
         os.remove(_create_temp(os.path.join(path, ".fcnseg-write-test"), _create_file))
     except OSError as e:
         raise FcnsegError(f"{option} {path} is not writable: {e.strerror or e}") from None
+    return created
+
+
+def remove_empty_folders(folders: list[str]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty: undoes :func:`ensure_writable_dir`."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
 
 
 def write_error(path: str, error: BaseException, what: str | None = None) -> FcnsegError:

@@ -29,7 +29,7 @@ import numpy as np
 from fcnseg import imageio, overlay as overlay_lib
 from fcnseg.classes import ClassTable
 from fcnseg.errors import FcnsegError
-from fcnseg.files import atomic_write, ensure_writable_dir
+from fcnseg.files import atomic_write, ensure_writable_dir, is_symlink_loop, remove_empty_folders
 from fcnseg.inference import make_infer, sliding_window_probabilities
 from fcnseg.progress import open_bar
 
@@ -188,13 +188,16 @@ def expand_inputs(inputs: tuple[str, ...] | list[str]) -> tuple[list[str], list[
         elif glob.has_magic(item) and glob.glob(item):
             files += sorted(f for f in glob.glob(item) if os.path.isfile(f))
         else:
-            errors.append((item, f"{item}: no such file, folder or glob match"))
+            why = "is a symlink loop" if is_symlink_loop(item) else "no such file, folder or glob match"
+            errors.append((item, f"{item}: {why}"))
     return files, errors
 
 
 def _describe_empty(item: str) -> str:
     if os.path.isdir(item):
         return f"folder {item} holds no files"
+    if is_symlink_loop(item):
+        return f"{item}: is a symlink loop"
     return f"{item} matches nothing" if glob.has_magic(item) else f"{item}: no such file or folder"
 
 
@@ -255,9 +258,9 @@ def iter_frames(files: list[str]) -> Iterator[tuple[str, np.ndarray | None, str 
             yield stem, image, None
 
 
-def check_output_dir(path: str) -> None:
-    """Create the folder and prove it is writable before any work is done."""
-    ensure_writable_dir(path, "--output-dir")
+def check_output_dir(path: str) -> list[str]:
+    """Create the folder and prove it is writable before any work is done; returns the folders made."""
+    return ensure_writable_dir(path, "--output-dir")
 
 
 def write_outputs(output_dir: str, name: str, image: np.ndarray, labels: np.ndarray, palette: np.ndarray,
@@ -303,8 +306,13 @@ def predict(config: PredictConfig, log: Callable[[str], None] = print,
     files, errors = expand_inputs(config.inputs)
     if not files:  # nothing to do is a mistake (an empty folder, a glob typo), not a success
         raise FcnsegError(f"no input files: {'; '.join(_describe_empty(item) for item in config.inputs)}")
-    check_output_dir(config.output_dir)  # before the slow model load
-    model, _, table = checkpoint.load(config.checkpoint)
+    checkpoint.read_meta(config.checkpoint)  # a missing or foreign checkpoint: refused before any folder is made
+    created = check_output_dir(config.output_dir)  # before the slow model load
+    try:
+        model, _, table = checkpoint.load(config.checkpoint)
+    except BaseException:
+        remove_empty_folders(created)  # a failed start leaves no empty --output-dir behind
+        raise
     pp = build_postprocess(config, table)
     import tensorflow as tf
 

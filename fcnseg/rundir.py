@@ -33,7 +33,12 @@ class RunDir:
         if create:
             self.created = _missing_parents(path)
             ensure_writable_dir(path, "--run-dir")
-        self._fd = _lock(path)
+        try:
+            self._fd = _lock(path)
+        except FcnsegError:
+            self._fd = None
+            self._remove_created()
+            raise
 
     def release(self) -> None:
         if self._fd is not None:
@@ -47,6 +52,9 @@ class RunDir:
             os.remove(os.path.join(self.path, LOCK_NAME))
         except OSError:
             pass
+        self._remove_created()
+
+    def _remove_created(self) -> None:
         for folder in self.created:  # deepest first
             try:
                 os.rmdir(folder)
@@ -68,6 +76,7 @@ def _missing_parents(path: str) -> list[str]:
 
 def _lock(path: str) -> int:
     lock_path = os.path.join(path, LOCK_NAME)
+    existed = os.path.lexists(lock_path)
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
@@ -79,8 +88,14 @@ def _lock(path: str) -> int:
         os.close(fd)
         raise FcnsegError(f"--run-dir {path} is in use by pid {holder}; wait for that run to end or choose "
                           "another folder") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError as e:  # a full disk: even the pid does not fit
+        os.close(fd)
+        if not existed:
+            os.remove(lock_path)
+        raise FcnsegError(f"--run-dir {path}: cannot write {lock_path}: {e.strerror or e}") from None
     return fd
 
 

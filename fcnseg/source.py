@@ -89,6 +89,7 @@ at a module with such a ``make_source``.
 from __future__ import annotations
 
 import os
+import stat
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
@@ -97,6 +98,7 @@ import numpy as np
 
 from fcnseg.classes import ClassTable
 from fcnseg.errors import FcnsegError
+from fcnseg.files import not_a_folder
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -281,7 +283,7 @@ class FileSource(DataSource):
         if self.data_dir is None:
             raise FcnsegError(f"--data-dir is required for the {self.name} source")
         if not os.path.isdir(self.data_dir):
-            raise FcnsegError(f"data dir {self.data_dir} does not exist or is not a folder")
+            raise FcnsegError(f"data dir {self.data_dir} {not_a_folder(self.data_dir)}")
         # None: an unpaired file is an error. A list: every (path, message) found so far.
         self.orphans: list[tuple[str, str]] | None = [] if collect_orphans else None
         self._samples: dict[str, list[Sample]] = {}
@@ -400,9 +402,16 @@ class FileSource(DataSource):
             raise FcnsegError(f"{self.name}: no labelled {split} samples under {self.data_dir}")
         for path in (p for s in samples for p in (s.image, s.label) if opened):
             try:
-                os.close(os.open(path, os.O_RDONLY))
+                fd = os.open(path, os.O_RDONLY)
             except OSError as e:
                 raise FcnsegError(f"{path}: cannot be read: {e.strerror or e}") from None
+            try:
+                # A folder opens fine here but fails in TensorFlow's ReadFile, mid-epoch, with a traceback.
+                is_folder = stat.S_ISDIR(os.fstat(fd).st_mode)
+            finally:
+                os.close(fd)
+            if is_folder:
+                raise FcnsegError(f"{path}: is a folder, not an image file")
         return samples
 
     def loader(self, keep_label_size: bool):
@@ -488,7 +497,7 @@ def pair_by_stem(image_dir: str, label_dir: str, label_suffix: str = "", image_e
     """
     for folder in (image_dir, label_dir):
         if not os.path.isdir(folder):
-            raise FcnsegError(f"expected folder {folder} does not exist")
+            raise FcnsegError(f"expected folder {folder} {not_a_folder(folder)}")
     images = {os.path.splitext(f)[0]: f for f in sorted(os.listdir(image_dir)) if f.lower().endswith(tuple(image_exts))}
     labels = {}
     for f in sorted(os.listdir(label_dir)):

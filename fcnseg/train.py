@@ -80,10 +80,11 @@ def _train(config: TrainConfig, resume: bool, log, chief: bool, work_dir: str) -
     from fcnseg import summaries
 
     run = _build(config, chief, work_dir, resume)
+    # Restored first: a resume that fails on a corrupt state or history must not have rewritten config.json.
+    _restore(run, resume, log)
     if chief:
         write_json_or_fail(os.path.join(config.run_dir, "config.json"),
                            config.to_json() | {"resolved_image_size": list(run.source.image_size)})
-    _restore(run, resume, log)
     run.writers = summaries.Writers(config.run_dir, enabled=chief)
     try:
         if not resume:
@@ -336,20 +337,28 @@ def _restore(run: _Run, resume: bool, log) -> None:
         log(f"{config.run_dir} has no saved training state yet: starting from step 0 with its saved configuration")
         return
     run.epochs_done.assign(-1)
-    run.state.restore(latest).expect_partial()
-    log(f"resumed {config.run_dir} at step {int(run.step.numpy())}")
+    try:
+        run.state.restore(latest).expect_partial()
+    except (tf.errors.OpError, ValueError) as e:
+        reason = (getattr(e, "message", None) or str(e)).strip().splitlines()[0]
+        last = os.path.join(config.run_dir, "last.keras")
+        or_init = f", or start a new run with --init-from {last}" if os.path.exists(last) else ""
+        raise FcnsegError(f"--resume: training state {latest} (.index/.data files) is corrupt ({reason}); "
+                          f"remove {os.path.dirname(latest)} to restart from step 0 with the saved "
+                          f"configuration{or_init}") from None
     history_path = os.path.join(config.run_dir, "history.json")
     if os.path.exists(history_path):
         try:
             with open(history_path) as f:
                 history = json.load(f)
-        except (OSError, ValueError) as e:
+            # Rows of epochs whose end the state does not record are redone (killed mid-end, or cut
+            # short by --max-minutes and now continued).
+            run.history = [row for row in history if row["epoch"] <= _first_epoch(run)]
+            run.best_scores = run.history[-1].get("best", {}) if run.history else {}
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
             raise FcnsegError(f"--resume: {history_path} is unreadable ({type(e).__name__}); move it away "
                               "to resume without the earlier epochs' figures") from None
-        # Rows of epochs whose end the state does not record are redone (killed mid-end, or cut
-        # short by --max-minutes and now continued).
-        run.history = [row for row in history if row["epoch"] <= _first_epoch(run)]
-        run.best_scores = run.history[-1].get("best", {}) if run.history else {}
+    log(f"resumed {config.run_dir} at step {int(run.step.numpy())}")
 
 
 def _first_epoch(run: _Run) -> int:

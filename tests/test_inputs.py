@@ -185,6 +185,41 @@ def test_symlink_loop_is_one_line(tmp_path, camvid_checkpoint):
                    loop, "symbolic links")
 
 
+@pytest.mark.parametrize("role", ["image", "label"])
+def test_folder_named_like_a_frame_is_one_line(tmp_path, role):
+    """A folder ``train/X.png/`` opened fine in the up-front check, then TF's ReadFile failed mid-epoch."""
+    from fcnseg import sources
+    from fcnseg.errors import FcnsegError
+
+    data = tmp_path / "camvid"
+    camvid(data)
+    frame = data / ("train" if role == "image" else "trainannot") / "0001TP_006690.png"
+    frame.unlink()
+    frame.mkdir()
+    with pytest.raises(FcnsegError, match=f"^{frame}: is a folder, not an image file$"):
+        sources.load("camvid", str(data)).readable_samples("train")
+
+
+def test_symlink_loops_are_called_loops(tmp_path):
+    """A looping split folder or predict input was reported as missing."""
+    from fcnseg import sources
+    from fcnseg.errors import FcnsegError
+    from fcnseg.files import ensure_writable_dir
+    from fcnseg.predict import expand_inputs
+
+    data = tmp_path / "camvid"
+    camvid(data)
+    shutil.rmtree(data / "train")
+    (data / "train").symlink_to("train")
+    with pytest.raises(FcnsegError, match=f"{data / 'train'} is a symlink loop"):
+        sources.load("camvid", str(data)).samples("train")
+    loop = tmp_path / "in.png"
+    loop.symlink_to(loop.name)
+    assert expand_inputs([str(loop)]) == ([], [(str(loop), f"{loop}: is a symlink loop")])
+    with pytest.raises(FcnsegError, match=f"^--output-dir {loop} is a symlink loop$"):
+        ensure_writable_dir(str(loop), "--output-dir")
+
+
 def test_read_only_previews_folder(tmp_path):
     data = tmp_path / "camvid"
     camvid(data)

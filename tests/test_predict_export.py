@@ -512,3 +512,28 @@ def test_export_refuses_outputs_it_must_not_replace(ckpt, tmp_path):
     assert result.exit_code == 1 and "already exists" in result.output
     assert (folder / "holiday.jpg").read_bytes() == b"irreplaceable"
     assert (tmp_path / "m.tflite").read_bytes() == b"a file" and (tmp_path / "dangling.onnx").is_symlink()
+
+
+def test_predict_that_fails_to_start_leaves_no_output_dir(tmp_path, monkeypatch):
+    """A missing checkpoint used to be rejected only after -o OUT/ (and its parents) had been made."""
+    from fcnseg import checkpoint
+    from fcnseg.errors import FcnsegError
+    from fcnseg.predict import PredictConfig, predict
+
+    image = tmp_path / "in.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    out = tmp_path / "new" / "out"
+    result = CliRunner().invoke(main, ["predict", "--checkpoint", str(tmp_path / "nope.keras"), "-o", str(out),
+                                       str(image)])
+    assert result.exit_code != 0 and "nope.keras" in result.output
+    assert not (tmp_path / "new").exists()
+    # A checkpoint whose metadata reads but whose model does not load: the folders made are removed again.
+    monkeypatch.setattr(checkpoint, "read_meta", lambda path, what="--checkpoint": {})
+
+    def broken(path, what="--checkpoint", compile=False):
+        raise FcnsegError(f"{what} {path}: could not load the model")
+
+    monkeypatch.setattr(checkpoint, "load", broken)
+    with pytest.raises(FcnsegError, match="could not load"):
+        predict(PredictConfig(str(tmp_path / "x.keras"), (str(image),), str(out)))
+    assert not (tmp_path / "new").exists()

@@ -227,6 +227,31 @@ def test_resume_accepts_options_that_agree_with_the_run(finished, tmp_path):
     assert [h["epoch"] for h in history(run_dir)] == [1, 2]
 
 
+@pytest.mark.parametrize("damage", ["history", "state"])
+def test_resume_of_a_corrupt_run_is_one_line_and_changes_nothing(finished, tmp_path, damage):
+    """A truncated state/ckpt-N.index was a TF traceback; a corrupt history.json failed only after
+    config.json had been rewritten with the new --epochs."""
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(finished, run_dir)
+    if damage == "history":
+        bad = run_dir / "history.json"
+        bad.write_text("[{")
+    else:
+        bad = run_dir / "state" / "ckpt-1.index"
+        bad.write_bytes(bad.read_bytes()[:10])
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    result = run("train", "--resume", "--run-dir", run_dir, "--epochs", "2")
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    needle = str(bad) if damage == "history" else f"training state {run_dir / 'state' / 'ckpt-1'}"
+    assert needle in result.output, result.output
+    if damage == "state":
+        assert f"remove {run_dir / 'state'}" in result.output and f"--init-from {run_dir / 'last.keras'}" in result.output
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
+
+
 @pytest.mark.parametrize("args", [["--lr", "nan"], ["--lr", "inf"], ["--momentum", "nan"], ["--width", "inf"],
                                   ["--weight-decay", "nan"], ["--max-minutes", "inf"], ["--focal-gamma", "nan"],
                                   ["--class-weights", "1,1,nan,1,1,1"], ["--fbeta", "inf"]])
@@ -332,6 +357,18 @@ def fill(folder):
                 f.flush()
         except OSError:
             pass
+
+
+def test_full_disk_at_the_lock_is_one_line_and_leaves_nothing(tmp_path):
+    """The pid written into .lock was an uncaught ENOSPC that left run/.lock behind."""
+    from fs_faults import fill, tmpfs
+
+    with tmpfs(tmp_path / "d", "64k") as disk:
+        fill(disk)
+        result = run("train", *TINY, "--steps-per-epoch", "1", "--epochs", "1", "--run-dir", disk / "run")
+        assert result.exit_code != 0 and not isinstance(result.exception, OSError), result.output
+        assert f"--run-dir {disk / 'run'}" in result.output and "No space left" in result.output
+        assert sorted(os.listdir(disk)) == ["filler"]
 
 
 @pytest.mark.parametrize("save_every, failing", [(1, "state/ckpt-3"), (100, ".keras")])
