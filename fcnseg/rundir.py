@@ -108,13 +108,15 @@ def sweep_leftovers(run_dir: str) -> list[str]:
     """Remove what a killed or failed run was writing; returns the paths removed.
 
     Finished files are never touched: every file is written under a temporary
-    name (``*.partial``, ``.NAME.partial.keras``; TensorFlow's ``state/ckpt-N_temp``)
-    and renamed, and state files no ``state/checkpoint`` record names are
-    half-written saves.
+    name (``*.partial``, ``.NAME.partial.keras``, :func:`fcnseg.files.temp_name`'s
+    ``.NAME.XXXXXXXX.fcnseg-tmp.EXT``; TensorFlow's ``state/ckpt-N_temp``) and
+    renamed, and state files no ``state/checkpoint`` record names are
+    half-written saves. The caller holds the run's lock, so no other process
+    owns a temporary file here.
     """
     removed = []
     for name in os.listdir(run_dir):
-        if name.endswith(".partial") or name.endswith(".partial.keras"):
+        if name.endswith((".partial", ".partial.keras")) or (name.startswith(".") and ".fcnseg-tmp" in name):
             removed.append(os.path.join(run_dir, name))
     state_dir = os.path.join(run_dir, "state")
     if os.path.isdir(state_dir):

@@ -537,15 +537,9 @@ def _save_state(run: _Run, now: int) -> None:
 
 
 def write_json_or_fail(path: str, data) -> None:
-    """:func:`fcnseg.files.write_json`, with a failed write (a full disk) as one line naming the file."""
-    try:
-        write_json(path, data)
-    except OSError as e:
-        try:
-            os.remove(path + ".partial")
-        except OSError:
-            pass
-        raise FcnsegError(f"{path}: could not write it: {e.strerror or e}; the previous file is kept") from None
+    """:func:`fcnseg.files.write_json`: a failed write (a full disk) is one line naming the file,
+    its temporary file removed and the previous file kept."""
+    write_json(path, data)
 
 
 def finite_or_null(value):

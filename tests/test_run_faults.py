@@ -69,8 +69,11 @@ def test_resume_sweeps_temporary_files_of_an_interrupted_save(tmp_path):
     (run_dir / "state" / "ckpt-7.index").write_bytes(b"half")  # a save killed before its record
     (run_dir / ".best.keras.partial.keras").write_bytes(b"half a zip")
     (run_dir / "history.json.partial").write_text("[{")
+    killed_mid_write = run_dir / ".history.json.0badcafe.fcnseg-tmp.json"  # files.atomic_write's temp name
+    killed_mid_write.write_text("[{")
     result = run("train", "--resume", "--run-dir", run_dir, "--epochs", "2")
     assert result.exit_code == 0, result.output
+    assert not killed_mid_write.exists()
     assert leftovers(run_dir) == [] and not (run_dir / "state" / "ckpt-7.index").exists()
     assert "removed" in result.output and "ckpt-7_temp" in result.output
     assert [h["epoch"] for h in history(run_dir)] == [1, 2]
