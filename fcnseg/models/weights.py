@@ -323,10 +323,10 @@ def read_application(constructor: str, encoder_weights: str | None) -> keras.Mod
     return model
 
 
-def copy_by_name(source: keras.Model, target: keras.Model, names, what: str) -> None:
-    """Copies the weights of the layers ``names`` from ``source`` into ``target``."""
+def copy_by_name(donor: keras.Model, target: keras.Model, names, what: str) -> None:
+    """Copies the weights of the layers ``names`` from ``donor`` into ``target``."""
     try:
         for name in names:
-            target.get_layer(name).set_weights(source.get_layer(name).get_weights())
+            target.get_layer(name).set_weights(donor.get_layer(name).get_weights())
     except ValueError as exc:
         raise WeightsError(f"{what} does not fit {target.name} ({_first_line(exc)})") from None
