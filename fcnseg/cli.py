@@ -173,6 +173,10 @@ def train_option(*decls: str, help: str = "", **kwargs):
 @train_option("--init-from", "init_from", type=click.Path(dir_okay=False),
               help="Start from the weights of this fcnseg checkpoint (fine-tuning; same model and classes).")
 @train_option("--width", "width", type=FiniteFloat(), help="Filter-count multiplier; 1.0 is the paper's model.")
+@train_option("--head", "head",
+              help="softmax: one output per class; sigmoid: for a two-class source (background + one, e.g. Carvana) "
+                   "one output, the probability of class 1 (smp's classes=1), trained with --loss bce, dice or "
+                   "bce+dice; predict, evaluate and export read the head from the checkpoint.")
 @train_option("--image-size", "image_size", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
               default=None, help="Training size, e.g. 480x360 (default: the source's).")
 @train_option("--epochs", "epochs", default=None, type=int,
@@ -191,7 +195,8 @@ def train_option(*decls: str, help: str = "", **kwargs):
               help="Per-class loss weights, one per class, or a JSON file holding them "
                    "(e.g. the class_weights.json that `fcnseg check-labels` writes).")
 @train_option("--loss", "loss", help="Loss: ce, dice, fbeta, focal, tversky, or a weighted sum such as "
-                                     "'ce+0.5*dice'. Void pixels are ignored by all of them.")
+                                     "'ce+0.5*dice' (--head sigmoid: bce, dice, 'bce+dice'). Void pixels are "
+                                     "ignored by all of them.")
 @train_option("--fbeta", "fbeta", default=None, metavar="B|B0,B1,...",
               help="Beta of the fbeta loss: one value, or one per class (e.g. 2 for cars, 0.5 for road)  "
                    f"[default: {','.join(f'{b:g}' for b in default('fbeta'))}]")
@@ -467,7 +472,8 @@ def export(checkpoint, fmt, output, image_size, float16, opset, overwrite):
     """Export a checkpoint as a SavedModel, TFLite or ONNX model.
 
     Every format takes uint8 RGB images 'images' (B, H, W, 3) and returns 'classes' (int32 train
-    ids, B x H x W) and 'probabilities' (float32 softmax, B x H x W x C).
+    ids, B x H x W) and 'probabilities' (float32 softmax, B x H x W x C; a --head sigmoid
+    checkpoint gives C = 2: 1 - p and p, the sigmoid probability of its foreground class).
     """
     from fcnseg.export import ExportConfig, export as run_export
 

@@ -4,7 +4,9 @@ Every artefact has the same interface, so clients need no fcnseg code:
 
 * input ``images``: uint8 RGB (B, H, W, 3), 0..255 (the model normalises inside);
 * output ``classes``: int32 (B, H, W) train ids (argmax);
-* output ``probabilities``: float32 (B, H, W, C) softmax.
+* output ``probabilities``: float32 (B, H, W, C) softmax; for a checkpoint trained with
+  ``--head sigmoid`` (C = 2) channel 1 is the sigmoid probability of the foreground
+  class and channel 0 is 1 minus it, and ``classes`` is 1 where that is above 0.5.
 
 SavedModel and ONNX take any batch size and image size unless ``image_size``
 fixes H and W. TFLite has a fixed (1, H, W, 3) input, by default the
@@ -20,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
+from fcnseg import heads
 from fcnseg.errors import FcnsegError
 from fcnseg.files import atomic_dir, atomic_write, write_error
 
@@ -44,7 +47,7 @@ def serving_function(model):
 
     def serve(images):
         logits = model(tf.cast(images, tf.float32), training=False)
-        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        probabilities = heads.probabilities(logits)  # a sigmoid head's [1 - p, p]
         return {"classes": tf.argmax(probabilities, axis=-1, output_type=tf.int32), "probabilities": probabilities}
 
     return serve

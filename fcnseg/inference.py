@@ -8,20 +8,23 @@ from typing import Any, Callable
 
 import numpy as np
 
+from fcnseg.heads import probabilities
+
 # float32 RGB images (B, H, W, 3) -> softmax probabilities (B, H, W, C), as a tensor.
 Infer = Callable[[np.ndarray], Any]
 
 
 def make_infer(model, flip: bool) -> Infer:
-    """A traced function: float32 RGB images (B, H, W, 3) -> softmax probabilities (B, H, W, C)."""
+    """A traced function: float32 RGB images (B, H, W, 3) -> class probabilities (B, H, W, C)
+    (softmax, or [1 - p, p] of a sigmoid head: fcnseg.heads)."""
     import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
     def infer(images):
         if not flip:
-            return tf.nn.softmax(model(images, training=False), axis=-1)
+            return probabilities(model(images, training=False))
         # One call on [images, flipped] instead of two: same work, half the dispatch.
-        both = tf.nn.softmax(model(tf.concat([images, images[:, :, ::-1]], 0), training=False), axis=-1)
+        both = probabilities(model(tf.concat([images, images[:, :, ::-1]], 0), training=False))
         n = tf.shape(images)[0]
         return (both[:n] + both[n:, :, ::-1]) / 2.0
 

@@ -14,6 +14,11 @@ meaning here (give void labels, or class weights, instead).
 
 A loss spec is a weighted sum such as ``"ce"``, ``"ce+dice"`` or
 ``"ce+0.5*dice"``; :func:`make_loss` turns one into a loss.
+
+A sigmoid head (``fcnseg.heads``: one logit, that of class 1 of a two-class
+source) has its own two losses, on the sigmoid probability p: binary
+cross-entropy (``bce``, also spelt ``ce``) and the soft Dice of class 1 (``dice``,
+smp's binary ``DiceLoss``), e.g. ``"bce+dice"``.
 """
 
 from __future__ import annotations
@@ -180,6 +185,52 @@ class TverskyLoss(_SegmentationLoss):
         return {**super().get_config(), "alpha": self.alpha, "beta": self.beta}
 
 
+def _binary_counts(labels, logits):
+    """Float (is class 1, non-void) masks and the sigmoid probability of a one-logit head."""
+    valid, safe = _valid(labels, 2)
+    p = ops.sigmoid(ops.cast(logits, "float32")[..., 0])
+    return ops.cast(safe, "float32"), ops.cast(valid, "float32"), p
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class BinaryCrossEntropy(_SegmentationLoss):
+    """Binary cross-entropy of a sigmoid head's logit x of class 1, averaged over non-void pixels.
+
+    Per pixel ``softplus(x) - y x`` (= -y log p - (1 - y) log(1 - p), p = sigmoid(x), stable
+    for any x); class weights (one per class, background first) normalise as in
+    :class:`MaskedCrossEntropy`.
+    """
+
+    def __init__(self, num_classes: int = 2, class_weights: Sequence[float] | None = None,
+                 name: str = "binary_cross_entropy", **kwargs):
+        super().__init__(num_classes, name=name, **kwargs)
+        self.class_weights = _floats(class_weights)
+
+    def call(self, y_true, y_pred):
+        y, w, _ = _binary_counts(y_true, y_pred)
+        x = ops.cast(y_pred, "float32")[..., 0]
+        if self.class_weights is not None:
+            w = w * ops.where(y > 0.5, self.class_weights[1], self.class_weights[0])
+        return ops.sum((ops.softplus(x) - y * x) * w) / ops.maximum(ops.sum(w), EPS)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "class_weights": self.class_weights}
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class BinaryDiceLoss(_SegmentationLoss):
+    """Soft Dice loss of class 1 for a sigmoid head: 1 - (2 sum p y + e) / (sum p + sum y + e) over
+    the batch's non-void pixels (Carvana's metric, smp's binary DiceLoss)."""
+
+    def __init__(self, num_classes: int = 2, name: str = "binary_dice", **kwargs):
+        super().__init__(num_classes, name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        y, w, p = _binary_counts(y_true, y_pred)
+        p, y = p * w, y * w
+        return 1.0 - (2 * ops.sum(p * y) + EPS) / (ops.sum(p) + ops.sum(y) + EPS)
+
+
 @keras.saving.register_keras_serializable(package="fcnseg")
 class WeightedSum(keras.losses.Loss):
     """``sum_i weights[i] * losses[i](y_true, y_pred)``; saved with its parts.
@@ -242,11 +293,21 @@ def _builders(num_classes: int, opts: LossOptions) -> dict[str, Callable[[], ker
     }
 
 
+def _sigmoid_builders(opts: LossOptions) -> dict[str, Callable[[], keras.losses.Loss]]:
+    def bce() -> BinaryCrossEntropy:
+        return BinaryCrossEntropy(2, opts.class_weights)
+
+    return {"bce": bce, "ce": bce, "dice": lambda: BinaryDiceLoss(2)}
+
+
 LOSS_NAMES = ("ce", "dice", "fbeta", "focal", "tversky")
+# The losses of each head (fcnseg.heads); "ce" of a sigmoid head is its binary cross-entropy.
+HEAD_LOSS_NAMES = {"softmax": LOSS_NAMES, "sigmoid": ("bce", "ce", "dice")}
 
 
-def parse_spec(spec: str) -> list[tuple[float, str]]:
+def parse_spec(spec: str, head: str = "softmax") -> list[tuple[float, str]]:
     """``"ce+0.5*dice"`` -> [(1.0, "ce"), (0.5, "dice")], or a one-line error."""
+    names = HEAD_LOSS_NAMES[head]
     terms = []
     for term in spec.replace(" ", "").split("+"):
         weight, _, name = term.rpartition("*")
@@ -254,19 +315,34 @@ def parse_spec(spec: str) -> list[tuple[float, str]]:
             w = float(weight) if weight else 1.0
         except ValueError:
             raise FcnsegError(f"--loss {spec!r}: {weight!r} is not a number") from None
-        if name not in LOSS_NAMES:
-            raise FcnsegError(f"--loss {spec!r}: unknown loss {name!r}; choose from {', '.join(LOSS_NAMES)} "
-                              "(weighted sums like ce+0.5*dice)")
+        if name not in names:
+            raise FcnsegError(_unknown_loss(spec, name, head))
         terms.append((w, name))
     return terms
 
 
-def make_loss(spec: str, num_classes: int, opts: LossOptions = LossOptions()) -> WeightedSum:
+def _unknown_loss(spec: str, name: str, head: str) -> str:
+    if head == "sigmoid" and name in LOSS_NAMES:
+        return (f"--loss {spec!r}: {name} is not a loss of --head sigmoid; choose from bce (also spelt ce), dice "
+                "(weighted sums like bce+dice)")
+    if head == "softmax" and name in HEAD_LOSS_NAMES["sigmoid"]:
+        return f"--loss {spec!r}: {name} is the loss of --head sigmoid; with --head softmax use ce"
+    return (f"--loss {spec!r}: unknown loss {name!r}; choose from {', '.join(HEAD_LOSS_NAMES[head])} "
+            "(weighted sums like ce+0.5*dice)")
+
+
+def make_loss(spec: str, num_classes: int, opts: LossOptions = LossOptions(), head: str = "softmax") -> WeightedSum:
     """The weighted sum of losses that ``spec`` names, as one :class:`WeightedSum`.
+
+    ``head`` is the model's (``fcnseg.heads``): a sigmoid head takes bce and dice over its one logit.
 
     Example:
         >>> model.compile("adam", loss=make_loss("ce+0.5*dice", 12))
     """
+    if head == "sigmoid":
+        terms = parse_spec(spec, head)
+        builders = _sigmoid_builders(opts)
+        return WeightedSum([builders[name]() for _, name in terms], [w for w, _ in terms], name="loss")
     if isinstance(opts.fbeta, tuple) and len(opts.fbeta) not in (1, num_classes):
         raise FcnsegError(f"--fbeta has {len(opts.fbeta)} values but there are {num_classes} classes")
     builders = _builders(num_classes, opts)

@@ -48,12 +48,15 @@ def _argmax_last(logits: Any) -> Any:
 def batch_confusion(labels: Any, logits_or_pred: Any, num_classes: int) -> Any:
     """(C, C) int32 confusion matrix of one batch, void pixels dropped.
 
-    ``logits_or_pred`` is either logits (one more axis than ``labels``) or
-    predicted class ids. Written with ``keras.ops``: runs under any backend,
+    ``logits_or_pred`` is either logits (one more axis than ``labels``; one
+    channel is a sigmoid head's logit of class 1, counted at probability 0.5)
+    or predicted class ids. Written with ``keras.ops``: runs under any backend,
     inside ``tf.function`` or ``jax.jit``.
     """
     if len(logits_or_pred.shape) == len(labels.shape) + 1:
-        logits_or_pred = _argmax_last(logits_or_pred)
+        # One channel is a sigmoid head (fcnseg.heads): class 1 where the logit is positive.
+        logits_or_pred = (ops.cast(logits_or_pred[..., 0] > 0, "int32") if logits_or_pred.shape[-1] == 1
+                          else _argmax_last(logits_or_pred))
     pred = ops.reshape(ops.cast(logits_or_pred, "int32"), (-1,))
     labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
     valid = ops.logical_and(labels >= 0, labels < num_classes)
@@ -81,8 +84,8 @@ class StreamingIoU(keras.metrics.Metric):
     """Mean IoU from one confusion matrix accumulated over every batch seen.
 
     ``update_state(labels, logits)`` takes integer labels (B, H, W) and logits
-    (B, H, W, C) or predicted ids (B, H, W); labels outside 0..C-1 (void) are
-    left out. ``result()`` is the mean IoU over classes present in the labels
+    (B, H, W, C), a sigmoid head's (B, H, W, 1) with C = 2, or predicted ids
+    (B, H, W); labels outside 0..C-1 (void) are left out. ``result()`` is the mean IoU over classes present in the labels
     or the predictions, as :func:`scores` computes it; :meth:`scores` and
     :meth:`per_class_iou` give per-class results of the exact integer matrix.
 

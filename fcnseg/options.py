@@ -34,6 +34,7 @@ class TrainConfig:
     encoder_lr_mult: float = 1.0  # the encoder's learning rate is the optimizer's times this
     init_from: str | None = None  # start from this fcnseg checkpoint's weights (fine-tuning)
     width: float = 1.0  # filter-count multiplier (1.0 = the paper's model)
+    head: str = "softmax"  # a key of fcnseg.heads.HEADS: softmax over C classes, or sigmoid (one logit, 2 classes)
     image_size: tuple[int, int] | None = None  # (W, H) to train at; None = the source's default
     epochs: int = 6
     batch_size: int = 8
@@ -95,6 +96,12 @@ def _encoders() -> tuple:
     return tuple(ENCODERS)
 
 
+def _heads() -> tuple:
+    from fcnseg.heads import HEADS
+
+    return tuple(HEADS)
+
+
 def _optimizers() -> tuple:
     from fcnseg.optimizers import OPTIMIZERS
 
@@ -109,7 +116,7 @@ def _schedules() -> tuple:
 
 # The fields that take one of a set of names, and where the names come from.
 CHOICES: dict[str, Callable[[], tuple]] = {
-    "model": _models, "encoder": _encoders, "optimizer": _optimizers, "schedule": _schedules,
+    "model": _models, "encoder": _encoders, "head": _heads, "optimizer": _optimizers, "schedule": _schedules,
     "strategy": lambda: STRATEGIES, "mixed_precision": lambda: PRECISIONS}
 
 # Bounds of the numeric fields: (lowest, lowest excluded, highest); image_size bounds each side.
@@ -210,7 +217,7 @@ def validate(config: TrainConfig) -> None:
         raise FcnsegError(refusal)
     from fcnseg.losses import parse_spec
 
-    if not all(math.isfinite(weight) for weight, _ in parse_spec(config.loss)):
+    if not all(math.isfinite(weight) for weight, _ in parse_spec(config.loss, config.head)):
         raise FcnsegError(f"--loss {config.loss!r}: a weight is not a finite number")
 
 

@@ -155,7 +155,7 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
     import keras
     import tensorflow as tf
 
-    from fcnseg import losses, sources
+    from fcnseg import heads, losses, sources
     from fcnseg.models.encoders import encoder_layers
     from fcnseg.optimizers import make_optimizer, scale_learning_rate
 
@@ -165,6 +165,9 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
     source = sources.load(config.data_source, config.data_dir, config.image_size, config.seed,
                           **config.source_options)
     num_classes = source.num_classes
+    refusal = heads.head_refusal(config.head, source.class_names, f"the {source.name} source")
+    if refusal:
+        raise FcnsegError(refusal)
     resolve_monitor(config.monitor, source.class_names)  # an unknown class fails now, not after an epoch
     if config.class_weights is not None and len(config.class_weights) != num_classes:
         raise FcnsegError(f"--class-weights has {len(config.class_weights)} values but the {source.name} source "
@@ -173,7 +176,7 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
     keras.utils.set_random_seed(config.seed)
     deadline = time.time() + 60 * config.max_minutes if config.max_minutes else None
     with strategy.scope():
-        model = build_model(config, num_classes)
+        model = build_model(config, heads.output_channels(config.head, num_classes))
         if config.init_from and not resume:
             init_weights(model, config.init_from, source.classes)
         # The schedule counts optimizer updates, which accumulation makes fewer.
@@ -188,23 +191,24 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
         counters = _state_variables()
     opts = losses.LossOptions(class_weights=config.class_weights, fbeta=tuple(config.fbeta),
                               focal_gamma=config.focal_gamma)
-    loss_fn = losses.make_loss(config.loss, num_classes, opts)
+    loss_fn = losses.make_loss(config.loss, num_classes, opts, config.head)
     state = tf.train.Checkpoint(model=model, optimizer=optimizer, **counters)
     val_ds = source.valid_dataset(config.batch_size)
     return _Run(
         config=config, chief=chief, work_dir=work_dir, strategy=strategy, source=source, model=model,
         optimizer=optimizer, train_step=_make_train_step(config, strategy, model, optimizer, loss_fn),
-        eval_loss=losses.make_loss(config.loss, num_classes, opts),
+        eval_loss=losses.make_loss(config.loss, num_classes, opts, config.head),
         val_ds=val_ds.take(config.val_steps) if config.val_steps else val_ds,
         shown=_fixed_samples(source, config.num_images), state=state,
         manager=tf.train.CheckpointManager(state, os.path.join(work_dir, "state"), max_to_keep=1),
         steps_per_epoch=steps_per_epoch, deadline=deadline, encoder=encoder,
-        meta={"model": config.model, "encoder": model_encoder(config), "source": source.describe(),
+        meta={"model": config.model, "encoder": model_encoder(config), "head": config.head, "source": source.describe(),
               "config": config.to_json()}, **counters)
 
 
 def build_model(config: TrainConfig, num_classes: int):
-    """The model ``config`` names (fcnseg.options.validate has checked the name)."""
+    """The model ``config`` names (fcnseg.options.validate has checked the name), with
+    ``num_classes`` output channels (1 for a sigmoid head)."""
     from fcnseg.models import MODELS
 
     kwargs = {"encoder_weights": config.encoder_weights, "width": config.width}
@@ -488,7 +492,9 @@ def _validation(run: _Run, epoch: int, now: int) -> tuple[dict, float | None]:
     run.writers.epoch(now, scores, source.class_names, val_loss)
     every = run.config.image_every
     if every and (epoch + 1) % every == 0 and run.shown is not None:
-        preds = np.argmax(run.model(run.shown[0], training=False), axis=-1)
+        from fcnseg.heads import hard_labels
+
+        preds = np.asarray(hard_labels(run.model(run.shown[0], training=False)))
         run.writers.images(now, run.shown[0], run.shown[1], preds, source.classes, cm)
     return scores, val_loss
 
