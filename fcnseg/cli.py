@@ -413,16 +413,19 @@ def _morphology_value(value: str) -> tuple[str, int]:
 @click.option("--threshold", multiple=True, metavar="CLASS=P",
               help="A class whose probability is below P cannot win, e.g. road=0.7 (repeatable; "
                    "CLASS is a name or train id). Pixels no class passes become void.")
+@click.option("--claim", multiple=True, metavar="CLASS=P",
+              help="CLASS takes every pixel where its probability is at least P, even where another class has "
+                   "more, e.g. vehicles=0.3 (repeatable, after the thresholds; a later claim wins an overlap).")
 @click.option("--morphology", multiple=True, metavar="CLASS=OP:K",
               help="erode, dilate, open or close the mask of CLASS with a KxK square, e.g. car=open:5 "
-                   "(repeatable, applied in order after the thresholds).")
+                   "(repeatable, applied in order after the thresholds and claims).")
 @click.option("--static-mask", type=click.Path(dir_okay=False), default=None,
               help="PNG of the images' size; its non-zero pixels are forced to --static-mask-class "
                    "(e.g. the camera hood).")
 @click.option("--static-mask-class", default="void", show_default=True,
               help="Class name, train id or 'void' for the --static-mask pixels.")
 @reports_errors
-def predict(checkpoint, inputs, output_dir, batch_size, window, overlap, flip, alpha, threshold, morphology,
+def predict(checkpoint, inputs, output_dir, batch_size, window, overlap, flip, alpha, threshold, claim, morphology,
             static_mask, static_mask_class):
     """Segment images, folders, globs or videos (frame by frame) with a checkpoint.
 
@@ -437,6 +440,7 @@ def predict(checkpoint, inputs, output_dir, batch_size, window, overlap, flip, a
     config = PredictConfig(
         checkpoint=checkpoint, inputs=inputs, output_dir=output_dir, batch_size=batch_size, window=window,
         overlap=overlap, flip=flip, alpha=alpha, thresholds=parse_pairs(threshold, "--threshold", float),
+        claims=parse_pairs(claim, "--claim", float),
         morphology=tuple((c, op, k) for c, (op, k) in parse_pairs(morphology, "--morphology", _morphology_value)),
         static_mask=static_mask, static_class=static_mask_class,
     )

@@ -12,8 +12,8 @@ Inputs are read lazily, one frame at a time, and written as soon as their batch
 is done, so memory does not grow with the number of inputs.
 
 Post-processing runs as TensorFlow ops on the probability map (so the same code
-runs wherever the model runs), in this order: per-class thresholds, morphology,
-static mask.
+runs wherever the model runs), in this order: per-class thresholds, claims,
+morphology, static mask.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class PredictConfig:
     morphology: tuple[tuple[str, str, int], ...] = ()  # (class, erode|dilate|open|close, kernel size)
     static_mask: str | None = None  # PNG; its non-zero pixels are forced to static_class
     static_class: str = "void"  # class name, train id, or "void"
+    claims: tuple[tuple[str, float], ...] = ()  # (class, probability at which it takes the pixel) pairs
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class PostProcess:
     morphology: tuple[tuple[int, str, int], ...] = ()  # (train id, op, kernel size), applied in order
     static_mask: np.ndarray | None = field(default=None, compare=False)  # (H, W) bool
     static_label: int = 255
+    claims: tuple[tuple[int, float], ...] = ()  # (train id, probability), applied in order
 
 
 @dataclass
@@ -106,7 +108,27 @@ def build_postprocess(config: PredictConfig, table: ClassTable) -> PostProcess:
         morphology.append((resolve_class(name, table, "--morphology"), op, int(size)))
     mask = read_static_mask(config.static_mask) if config.static_mask else None
     label = resolve_class(config.static_class, table, "--static-mask-class")
-    return PostProcess(thresholds, tuple(morphology), mask, label)
+    return PostProcess(thresholds, tuple(morphology), mask, label, claims=resolve_claims(config.claims, table))
+
+
+def resolve_claims(claims: tuple[tuple[str, float], ...], table: ClassTable) -> tuple[tuple[int, float], ...]:
+    """--claim pairs as (train id, probability); a probability outside 0..1 is a one-line error."""
+    resolved = []
+    for name, value in claims:
+        if not 0.0 <= value <= 1.0:
+            raise FcnsegError(f"--claim {name}={value}: a probability must be in 0..1")
+        resolved.append((resolve_class(name, table, "--claim"), float(value)))
+    return tuple(resolved)
+
+
+def apply_claims(labels, probs, claims: tuple[tuple[int, float], ...]):
+    """Each claimed class takes every pixel where its probability reaches its value, whichever
+    class had more (the Lyft write-up's low car threshold); a later claim wins an overlap."""
+    import tensorflow as tf
+
+    for k, value in claims:
+        labels = tf.where(probs[..., k] >= value, k, labels)
+    return labels
 
 
 def read_static_mask(path: str) -> np.ndarray:
@@ -124,6 +146,8 @@ def postprocess(probs, pp: PostProcess, ignore_label: int):
 
     * thresholds: a class whose probability is below its threshold cannot win;
       a pixel where every class is below its threshold becomes void.
+    * claims (:func:`apply_claims`): a claimed class takes every pixel where its
+      probability reaches the claim's value, even where another class has more.
     * morphology on class k: the binary mask of k is eroded/dilated/opened/closed
       with a square kernel. Pixels it gains become k; pixels it loses fall back to
       the best other class that passes its threshold (void if none).
@@ -134,7 +158,7 @@ def postprocess(probs, pp: PostProcess, ignore_label: int):
     probs = tf.convert_to_tensor(probs, tf.float32)
     # -1 marks "cannot win"; probabilities are >= 0, so argmax never picks it while another class qualifies.
     scores = probs if pp.thresholds is None else tf.where(probs >= tf.constant(pp.thresholds, tf.float32), probs, -1.0)
-    labels = _argmax_or_void(scores, ignore_label)
+    labels = apply_claims(_argmax_or_void(scores, ignore_label), probs, pp.claims)
     num_classes = probs.shape[-1]
     for k, op, size in pp.morphology:
         old = labels == k

@@ -157,6 +157,13 @@ def test_carvana_sigmoid_trains_evaluates_predicts_and_resumes(tmp_path):
     logits = np.asarray(model(images[0][None].astype(np.float32)))[0, ..., 0]
     np.testing.assert_array_equal(label, (sigmoid(logits) > 0.5).astype(np.uint8))
     assert 0 < label.mean() < 1  # both classes occur: the comparison is not of two blank maps
+    # another cut: --claim car=P lowers it (car wherever p >= P), --threshold car=P raises it
+    for option, cut in (("--claim", np.quantile(sigmoid(logits), 0.3)), ("--threshold", np.quantile(sigmoid(logits), 0.8))):
+        result = run("predict", "--checkpoint", run_dir / "best.keras", tmp_path / "view.png", "-o", tmp_path / "cut",
+                     option, f"car={cut!r}")
+        assert result.exit_code == 0, result.output
+        label = cv2.imread(str(tmp_path / "cut" / "view_label.png"), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(label, (sigmoid(logits) >= cut).astype(np.uint8))
 
     # --resume keeps the one-logit head; naming another head is refused
     result = run("train", "--resume", "--run-dir", run_dir, "--head", "softmax")
