@@ -22,6 +22,13 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def between(values, q):
+    """A cut halfway between two neighbouring distinct values near the q-quantile (no rounding ties)."""
+    distinct = np.unique(values.astype(np.float64))
+    i = min(int(q * len(distinct)), len(distinct) - 2)
+    return float((distinct[i] + distinct[i + 1]) / 2)
+
+
 @pytest.fixture
 def batch():
     """(B, H, W) labels with void and (B, H, W, 1) logits."""
@@ -158,7 +165,7 @@ def test_carvana_sigmoid_trains_evaluates_predicts_and_resumes(tmp_path):
     np.testing.assert_array_equal(label, (sigmoid(logits) > 0.5).astype(np.uint8))
     assert 0 < label.mean() < 1  # both classes occur: the comparison is not of two blank maps
     # another cut: --claim car=P lowers it (car wherever p >= P), --threshold car=P raises it
-    for option, cut in (("--claim", np.quantile(sigmoid(logits), 0.3)), ("--threshold", np.quantile(sigmoid(logits), 0.8))):
+    for option, cut in (("--claim", between(sigmoid(logits), 0.3)), ("--threshold", between(sigmoid(logits), 0.8))):
         result = run("predict", "--checkpoint", run_dir / "best.keras", tmp_path / "view.png", "-o", tmp_path / "cut",
                      option, f"car={cut!r}")
         assert result.exit_code == 0, result.output
