@@ -181,3 +181,13 @@ def test_carvana_sigmoid_trains_evaluates_predicts_and_resumes(tmp_path):
         assert json.loads(zf.read("fcnseg.json"))["epoch"] == 2
     model, meta, _ = checkpoint.load(str(run_dir / "last.keras"))
     assert model.output_shape[-1] == 1 and meta["config"]["head"] == "sigmoid"
+
+
+def test_carvana_recipe_names_its_head_and_a_loss_of_that_head():
+    from pathlib import Path
+
+    from fcnseg.options import TrainConfig, read_config_file, validate
+
+    recipe = read_config_file(str(Path(__file__).resolve().parents[1] / "recipes" / "carvana.json"))
+    assert recipe["head"] == "sigmoid"
+    validate(TrainConfig(**recipe))  # its loss is one the sigmoid head takes
