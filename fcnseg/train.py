@@ -238,7 +238,7 @@ def init_weights(model, path: str, classes) -> None:
     mine, theirs = model.get_weights(), other.get_weights()
     if len(mine) != len(theirs) or any(a.shape != b.shape for a, b in zip(mine, theirs)):
         raise FcnsegError(f"--init-from {path} is a {meta.get('model')} of another shape than --model "
-                          f"{model.name} (check --model, --encoder and --width)")
+                          f"{model.name} (check --model, --encoder, --width and --head)")
     model.set_weights(theirs)
 
 

@@ -95,3 +95,19 @@ def test_the_fma_kernel_builds_and_runs_or_falls_back_to_the_formula(benchmark, 
     fallback = benchmark.FmaKernel()
     assert fallback.method.startswith("theoretical (no C kernel:"), fallback.method
     assert fallback.sample() == benchmark.theoretical_fma_peak(*benchmark.cores_and_mhz(), fallback.lanes)
+
+
+def test_lyft_fps_reports_frames_per_second_and_the_cpu(tmp_path):
+    """--lyft-fps runs the Lyft setup (tiny here) through predict's post-processing and names the CPU."""
+    import json
+    import os
+
+    out = subprocess.run([sys.executable, str(TOOL), "--lyft-fps", "--lyft-size", "64x48", "--lyft-frames", "2",
+                          "--lyft-width", "0.125", "--json", str(tmp_path / "fps.json")],
+                         capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": str(TOOL.parents[1])})
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads((tmp_path / "fps.json").read_text())
+    assert result["size"] == [64, 48] and result["frames"] == 2
+    assert result["fps_with_postprocess"] > 0 and result["fps_model"] >= result["fps_with_postprocess"]
+    assert "LinkNet-ResNet34 (width 0.125) at 64x48, batch 1" in out.stdout
+    assert f"machine: {result['machine']['cpu']}," in out.stdout and result["machine"]["cpu"] != "unknown"
