@@ -85,9 +85,10 @@ class StreamingIoU(keras.metrics.Metric):
 
     ``update_state(labels, logits)`` takes integer labels (B, H, W) and logits
     (B, H, W, C), a sigmoid head's (B, H, W, 1) with C = 2, or predicted ids
-    (B, H, W); labels outside 0..C-1 (void) are left out. ``result()`` is the mean IoU over classes present in the labels
-    or the predictions, as :func:`scores` computes it; :meth:`scores` and
-    :meth:`per_class_iou` give per-class results of the exact integer matrix.
+    (B, H, W); labels outside 0..C-1 (void) are left out. ``result()`` is the
+    mean IoU over classes present in the labels or the predictions, as
+    :func:`scores` computes it; :meth:`scores` and :meth:`per_class_iou` give
+    per-class results of the exact integer matrix.
 
     Example:
         >>> model.compile("adam", loss=MaskedCrossEntropy(12), metrics=[StreamingIoU(12)])

@@ -104,7 +104,8 @@ def test_lyft_fps_reports_frames_per_second_and_the_cpu(tmp_path):
 
     out = subprocess.run([sys.executable, str(TOOL), "--lyft-fps", "--lyft-size", "64x48", "--lyft-frames", "2",
                           "--lyft-width", "0.125", "--json", str(tmp_path / "fps.json")],
-                         capture_output=True, text=True, timeout=300, env=os.environ | {"PYTHONPATH": str(TOOL.parents[1])})
+                         capture_output=True, text=True, timeout=300,
+                         env=os.environ | {"PYTHONPATH": str(TOOL.parents[1])})
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads((tmp_path / "fps.json").read_text())
     assert result["size"] == [64, 48] and result["frames"] == 2

@@ -691,6 +691,14 @@ def render_lyft_fps(result: dict) -> str:
             f"machine: {m['cpu']}, {m['cores']} cores, TF {m['tensorflow']}, load average {load}; {m['date']}")
 
 
+def report_lyft_fps(args: argparse.Namespace) -> None:
+    result = lyft_fps(parse_size(args.lyft_size), args.lyft_frames, args.lyft_width)
+    print(render_lyft_fps(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     w, h = text.lower().split("x")
     return int(w), int(h)
@@ -727,12 +735,7 @@ def main() -> None:
     if args.worker:
         return worker_main(args.worker)
     if args.lyft_fps:
-        result = lyft_fps(parse_size(args.lyft_size), args.lyft_frames, args.lyft_width)
-        print(render_lyft_fps(result))
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(result, f, indent=1)
-        return None
+        return report_lyft_fps(args)
     if args.quick:
         args.sizes, args.rounds, args.warmup = "128x96", 2, 1
         args.models = args.models if args.models != ",".join(MODELS) else "fcn8s,linknet-resnet18"
