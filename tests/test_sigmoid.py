@@ -53,6 +53,11 @@ def test_binary_losses_match_numpy_and_ignore_void(batch):
     assert float(make_loss("dice", 2, head="sigmoid")(labels, logits)) == pytest.approx(dice, rel=1e-4)
     assert float(make_loss("bce+0.5*dice", 2, head="sigmoid")(labels, logits)) == pytest.approx(
         bce.mean() + 0.5 * dice, rel=1e-4)
+    import keras
+
+    saved = keras.saving.serialize_keras_object(make_loss("bce+0.5*dice", 2, head="sigmoid"))
+    restored = keras.saving.deserialize_keras_object(saved)  # a checkpoint compiled with it reloads
+    assert float(restored(labels, logits)) == pytest.approx(bce.mean() + 0.5 * dice, rel=1e-4)
     w = np.where(y > 0, 3.0, 0.5)
     weighted = make_loss("bce", 2, LossOptions(class_weights=(0.5, 3.0)), head="sigmoid")(labels, logits)
     assert float(weighted) == pytest.approx((w * bce).sum() / w.sum(), rel=1e-5)
