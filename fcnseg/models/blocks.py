@@ -64,13 +64,15 @@ class BilinearUpsample(keras.layers.Layer):
         self.factor = factor
 
     def _axis(self, x, axis: int):
-        n = ops.shape(x)[axis]
-        first, last = ops.take(x, [0], axis=axis), ops.take(x, [n - 1], axis=axis)
-        before = ops.concatenate([first, ops.take(x, ops.arange(n - 1), axis=axis)], axis=axis)
-        after = ops.concatenate([ops.take(x, ops.arange(1, n), axis=axis), last], axis=axis)
+        def cut(start, stop):
+            # Plain slices (strided slice, cheap to trace and differentiate) rather than gathers.
+            return x[tuple(slice(start, stop) if i == axis else slice(None) for i in range(4))]
+
+        before = ops.concatenate([cut(None, 1), cut(None, -1)], axis=axis)  # edges clamped
+        after = ops.concatenate([cut(1, None), cut(-1, None)], axis=axis)
         parts = []
         for k in range(self.factor):
-            # Output pixel k of each input pixel samples the input at offset d (edges clamped).
+            # Output pixel k of each input pixel samples the input at offset d from it.
             d = (k + 0.5) / self.factor - 0.5
             parts.append((1 - abs(d)) * x + abs(d) * (before if d < 0 else after))
         y = ops.stack(parts, axis=axis + 1)
