@@ -223,7 +223,8 @@ def test_jax_backend_builds_runs_and_reproduces_tensorflow_logits(tmp_path):
         assert report[name]["diff"] < 1e-4
 
 
-@pytest.mark.parametrize("name, precision", [("unet", None), pytest.param("fpn", "bfloat16", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name, precision",
+                         [("unet", None), pytest.param("fpn", "bfloat16", marks=pytest.mark.slow)])
 def test_train_through_the_cli_on_synthetic_scenes(tmp_path, name, precision):
     """FPN's run (in mixed bfloat16) takes 20-30 s on the shared 2-core machine, so it is a slow test."""
     run_dir = tmp_path / "run"
