@@ -192,7 +192,8 @@ for name in ("unet", "fpn"):
     fresh = MODELS[name](4, "resnet18", width={width})
     loaded = keras.saving.load_model({out!r} + f"/{{name}}.keras")
     got = np.asarray(loaded(x, training=False))
-    report[name] = {{"fresh": list(fresh(x).shape), "diff": float(np.abs(got - np.load({out!r} + f"/{{name}}.npy")).max())}}
+    want = np.load({out!r} + f"/{{name}}.npy")
+    report[name] = {{"fresh": list(fresh(x).shape), "diff": float(np.abs(got - want).max())}}
 print(json.dumps(report))
 """
 
