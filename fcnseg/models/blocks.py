@@ -10,6 +10,7 @@ layer names follow one pattern (``{name}_conv``, ``{name}_bn``,
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 from fcnseg.models.layers import FusedBatchNormalization, TORCH_BN
 
@@ -47,6 +48,48 @@ def conv_bn_relu(x, filters: int, kernel_size: int, name: str, *, strides: int =
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
+@keras.saving.register_keras_serializable(package="fcnseg")
+class BilinearUpsample(keras.layers.Layer):
+    """Bilinear x``factor`` upsampling with half-pixel centres, any H and W.
+
+    What ``tf.image.resize`` and PyTorch's ``interpolate(align_corners=False)``
+    compute for an integer factor, written as shifted weighted sums: Keras'
+    bilinear ``UpSampling2D`` passes the runtime size to ``ops.image.resize``,
+    whose ``size <= 0`` check fails in a TensorFlow graph traced with unknown
+    H/W (predict on a second image size, dynamic-shape export).
+    """
+
+    def __init__(self, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def _axis(self, x, axis: int):
+        def cut(start, stop):
+            # Plain slices (strided slice, cheap to trace and differentiate) rather than gathers.
+            return x[tuple(slice(start, stop) if i == axis else slice(None) for i in range(4))]
+
+        before = ops.concatenate([cut(None, 1), cut(None, -1)], axis=axis)  # edges clamped
+        after = ops.concatenate([cut(1, None), cut(-1, None)], axis=axis)
+        parts = []
+        for k in range(self.factor):
+            # Output pixel k of each input pixel samples the input at offset d from it.
+            d = (k + 0.5) / self.factor - 0.5
+            parts.append((1 - abs(d)) * x + abs(d) * (before if d < 0 else after))
+        y = ops.stack(parts, axis=axis + 1)
+        shape = ops.shape(x)
+        return ops.reshape(y, [shape[0], *[-1 if i == axis else shape[i] for i in (1, 2)], shape[3]])
+
+    def call(self, x):
+        return self._axis(self._axis(x, 1), 2)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, None if h is None else h * self.factor, None if w is None else w * self.factor, c)
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
 def upsample(x, factor: int, name: str):
-    """Bilinear x``factor`` upsampling (the decoders' "interpolate" step)."""
-    return keras.layers.UpSampling2D(factor, interpolation="bilinear", name=name)(x)
+    """Bilinear x``factor`` upsampling (the decoders' "interpolate" step), any input size."""
+    return BilinearUpsample(factor, name=name)(x)
