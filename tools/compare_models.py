@@ -329,17 +329,27 @@ def markdown(report: dict) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    from fcnseg.errors import FcnsegError
+
     if args.worker:
         spec = json.loads(args.worker)
-        row = run_worker(spec)
+        try:
+            row = run_worker(spec)
+        except FcnsegError as e:
+            raise SystemExit(f"Error: {e}") from None
         with open(os.path.join(spec["run_dir"], "result.json"), "w") as f:
             json.dump(nan_to_none(row), f, indent=1)
         return
     log = lambda msg: print(time.strftime("%H:%M:%S"), msg, flush=True)  # noqa: E731
-    report = compare(args, log)
+    try:
+        report = compare(args, log)
+    except FcnsegError as e:
+        raise SystemExit(f"Error: {e}") from None
     if report:
         print(markdown(report))
         log(f"wrote {os.path.join(args.out, 'comparison.md')} and comparison.json")
+        if any("failed" in r for r in report["models"]):
+            raise SystemExit(1)
 
 
 def nan_to_none(value):
