@@ -78,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="cross-entropy class weights (SegNet's median-frequency weights, their roots, none)")
     parser.add_argument("--width", type=float, default=1.0, help="filter multiplier (1: the papers' models)")
     parser.add_argument("--precision", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--encoder-weights", default=None,
+                        help="as fcnseg train's (e.g. imagenet); default: every model from random weights")
     parser.add_argument("--held-out", default="0001TP",
                         help="CamVid sequence held out of training and validated on ('none': standard split only)")
     parser.add_argument("--timing-runs", type=int, default=10, help="timed inference calls per model")
@@ -157,7 +159,8 @@ def train_config(spec: dict):
         data_source="camvid", data_dir=spec["data_dir"], model=spec["model"], encoder=spec["encoder"],
         width=spec["width"], image_size=tuple(spec["image_size"]), batch_size=spec["batch_size"],
         epochs=UNBOUNDED_EPOCHS if minutes is not None else spec["epochs"], max_minutes=minutes,
-        learning_rate=spec["lr"], optimizer="adam", schedule="onecycle", loss="ce",
+        encoder_weights=spec["encoder_weights"], learning_rate=spec["lr"], optimizer="adam", schedule="onecycle",
+        loss="ce",
         class_weights=CLASS_WEIGHTS[spec["weights"]], augment=True, image_every=0, seed=spec["seed"],
         run_dir=spec["run_dir"], save_every=10**9,
         mixed_precision=None if spec["precision"] == "float32" else spec["precision"],
@@ -169,7 +172,8 @@ def run_worker(spec: dict) -> dict:
     from fcnseg.evaluate import EvaluateConfig, evaluate
     from fcnseg.train import train
 
-    log = lambda msg: print(time.strftime("%H:%M:%S"), f"[{spec['model']}/{spec['encoder']}]", msg, flush=True)  # noqa: E731
+    tag = f"[{spec['model']}/{spec['encoder']}]"
+    log = lambda msg: print(time.strftime("%H:%M:%S"), tag, msg, flush=True)  # noqa: E731
     config = train_config(spec)
     start = time.time()
     train(config, log=log)
@@ -255,7 +259,8 @@ def compare(args, log) -> dict | None:
     held_out = held_out_support(args.data_dir, args.held_out, log)
     os.makedirs(args.out)
     recipe = {key: getattr(args, key) for key in ("image_size", "batch_size", "minutes_per_model", "epochs", "lr",
-                                                   "weights", "width", "precision", "seed", "timing_runs")}
+                                                   "weights", "width", "precision", "seed", "timing_runs",
+                                                   "encoder_weights")}
     recipe.update(data_dir=os.path.abspath(args.data_dir), held_out=held_out, optimizer="adam",
                   schedule="onecycle", loss="ce", augment=True)
     rows = []
@@ -296,7 +301,8 @@ def markdown(report: dict) -> str:
     seq = recipe["held_out"]
     w, h = recipe["image_size"]
     held_label = f"mIoU held-out {seq}" if seq else "mIoU held-out (n/a)"
-    lines = [f"CamVid (SegNet 11 classes), trained from scratch at {w}x{h}, batch {recipe['batch_size']}, Adam "
+    start = f"from {recipe['encoder_weights']} encoder weights" if recipe.get("encoder_weights") else "from scratch"
+    lines = [f"CamVid (SegNet 11 classes), trained {start} at {w}x{h}, batch {recipe['batch_size']}, Adam "
              f"one-cycle {recipe['lr']:g}, {recipe['loss']} ({recipe['weights']} class weights), "
              f"{recipe['precision']}; {report['budget']}. Measured on {report['cpu']}, {report['date']}.",
              "", f"| model | encoder | {held_label} | mIoU standard val | params (M) | checkpoint (MB) | "
