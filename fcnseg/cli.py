@@ -160,9 +160,9 @@ def train_option(*decls: str, help: str = "", **kwargs):
               help="Start from the options in this JSON file (a run's config.json, or any subset of its keys); "
                    "options given on the command line override it, --source-option key by key.")
 @source_options
-@train_option("--model", "model", help="Architecture.")
-@train_option("--encoder", "encoder", help="Encoder (backbone); default: the model's own (linknet: resnet18, "
-                                           "fcn*: vgg16, the only one FCN takes).")
+@train_option("--model", "model", help="Architecture (`fcnseg models` lists each with its encoders).")
+@train_option("--encoder", "encoder", help="Encoder (backbone); default: the model's own, the first that "
+                                           "`fcnseg models` lists for it (linknet: resnet18, fcn*: vgg16).")
 @train_option("--encoder-weights", "encoder_weights",
               help="'imagenet' (keras.applications, or keras-hub for resnet18/34: pip install \"fcnseg[hub]\") "
                    "or a local Keras weights file, saved keras.applications model or keras-hub preset folder.")
@@ -353,6 +353,27 @@ def evaluate(checkpoint, data_source, data_dir, source_option, split, size, wind
     click.echo(format_table(result))
     if output:
         click.echo(f"wrote {output}")
+
+
+@main.command("models")
+@click.option("--params", is_flag=True,
+              help="Also count parameters (builds every listed network at width 1: slow, seconds per network).")
+@click.option("--num-classes", default=11, show_default=True, type=click.IntRange(min=1),
+              help="Classes of the models whose parameters --params counts.")
+@click.option("--only", multiple=True, metavar="NAME",
+              help="List only this model or encoder (repeatable), e.g. --only linknet --only resnet18.")
+@reports_errors
+def list_models(params: bool, num_classes: int, only: tuple[str, ...]) -> None:
+    """List the models (with their default and valid encoders) and the encoder table: feature
+    channels, where the ImageNet weights come from and the input preprocessing they expect."""
+    from fcnseg.catalog import encoder_rows, format_catalog, model_rows
+    from fcnseg.models import ENCODERS, MODELS
+
+    unknown = [name for name in only if name not in MODELS and name not in ENCODERS]
+    if unknown:
+        raise click.BadParameter(f"{', '.join(unknown)}: no such model or encoder (see `fcnseg models`)",
+                                 param_hint="--only")
+    click.echo(format_catalog(model_rows(params, num_classes, only), encoder_rows(params, only)))
 
 
 @main.command("sources")
