@@ -17,8 +17,16 @@ SegNet layout (11 classes, void = 11; the tutorial's CamVid folder)::
     val/    val_labels/    test/    test_labels/
 
 Options (``--source-option key=value``):
-    layout   auto (default: class_dict.csv or train_labels/ means colour),
-             segnet or colour
+    layout         auto (default: class_dict.csv or train_labels/ means colour),
+                   segnet or colour
+    val_sequences  a comma list of sequences, e.g. 0001TP or 0001TP,0006R0, to
+                   hold out: val is then every train or val frame of those
+                   sequences and train every frame of the others (the folders
+                   stay as above; only the split between them changes). A
+                   sequence is the file name's prefix before the first '_'
+                   (0001TP, 0006R0, 0016E5, Seq05VD). The standard val is all
+                   0016E5, a street train also holds, so it measures memory of
+                   a street; a held-out sequence measures new streets.
 """
 
 from __future__ import annotations
@@ -57,9 +65,11 @@ class CamVid(FileSource):
     classes = CLASSES
     default_image_size = (480, 360)
 
-    def __init__(self, data_dir, image_size=None, seed: int = 0, layout: str = "auto", *,
-                 collect_orphans: bool = False) -> None:
+    def __init__(self, data_dir, image_size=None, seed: int = 0, layout: str = "auto",
+                 val_sequences: str | None = None, *, collect_orphans: bool = False) -> None:
         super().__init__(data_dir, image_size, seed, collect_orphans=collect_orphans)
+        self.val_sequences = parse_sequences(val_sequences)
+        self._pool: list[Sample] | None = None
         layout = option_value(self.name, "layout", layout, LAYOUTS)
         if layout == "auto":
             layout = self._detect()
@@ -70,6 +80,8 @@ class CamVid(FileSource):
             self.classes, self.label_format = read_classes_csv(os.path.join(self.data_dir, "class_dict.csv"))
             if self.label_format != "color":
                 raise FcnsegError(f"camvid: {self.data_dir}/class_dict.csv must have columns name,r,g,b")
+        if self.val_sequences:
+            self._check_sequences()
 
     def _detect(self) -> str:
         has = lambda p: os.path.exists(os.path.join(self.data_dir, p))  # noqa: E731
@@ -81,6 +93,37 @@ class CamVid(FileSource):
                           "train_labels/ + class_dict.csv (32-class colour layout)")
 
     def samples(self, split: str) -> list[Sample]:
+        if self.val_sequences and split in ("train", "val"):
+            return self._held_out(split)
+        return self._folder_samples(split)
+
+    def _check_sequences(self) -> None:
+        """Refuse a sequence train/ and val/ lack now, in one line, not once per split later."""
+        present = sorted({sequence_of(f) for split in ("train", "val") if os.path.isdir(self._dir(split))
+                          for f in os.listdir(self._dir(split)) if f.lower().endswith((".png", ".jpg"))})
+        by_lower = {p.lower(): p for p in present}
+        option = f"--source-option val_sequences={','.join(self.val_sequences)}"
+        unknown = [v for v in self.val_sequences if v.lower() not in by_lower]
+        if unknown:
+            raise FcnsegError(f"{option}: camvid at {self.data_dir} has no sequence {', '.join(unknown)}; "
+                              f"its train+val sequences are {', '.join(present) or 'none'}")
+        self.val_sequences = tuple(dict.fromkeys(by_lower[v.lower()] for v in self.val_sequences))
+        if set(self.val_sequences) == set(present):
+            raise FcnsegError(f"{option} holds out every sequence of {self.data_dir} ({', '.join(present)}), "
+                              "leaving nothing to train on")
+
+    def _dir(self, split: str) -> str:
+        return os.path.join(self.data_dir, split)
+
+    def _held_out(self, split: str) -> list[Sample]:
+        """train or val regrouped by sequence: val = the frames of ``val_sequences``, train = the rest."""
+        if self._pool is None:  # read once: both splits come from the same train+val frames
+            self._pool = sorted(self._folder_samples("train") + self._folder_samples("val"),
+                                key=lambda s: os.path.basename(s.image))
+        held = set(self.val_sequences)
+        return [s for s in self._pool if (sequence_of(s.image) in held) == (split == "val")]
+
+    def _folder_samples(self, split: str) -> list[Sample]:
         image_dir = os.path.join(self.data_dir, split)
         if self.layout == "colour":
             return pair_by_stem(image_dir, os.path.join(self.data_dir, f"{split}_labels"), "_L",
@@ -124,7 +167,20 @@ class CamVid(FileSource):
         raise FcnsegError(f"{listing}:{line}: {path} not found (expected {expected})")
 
 
-def make_source(data_dir, image_size=None, seed: int = 0, layout: str = "auto", *,
-                collect_orphans: bool = False) -> CamVid:
+def sequence_of(path: str) -> str:
+    """CamVid's sequence of a frame: its file name's prefix before the first '_' (0001TP_006690.png -> 0001TP)."""
+    return os.path.basename(path).split("_", 1)[0]
+
+
+def parse_sequences(value: str | None) -> tuple[str, ...]:
+    """``0001TP,0006R0`` -> ("0001TP", "0006R0"); None or blank -> () (the standard split)."""
+    if value is None:
+        return ()
+    return tuple(v.strip() for v in str(value).split(",") if v.strip())
+
+
+def make_source(data_dir, image_size=None, seed: int = 0, layout: str = "auto", val_sequences: str | None = None,
+                *, collect_orphans: bool = False) -> CamVid:
     """Build the CamVid source (see the module docstring for the options)."""
-    return CamVid(data_dir, image_size, seed, layout=layout, collect_orphans=collect_orphans)
+    return CamVid(data_dir, image_size, seed, layout=layout, val_sequences=val_sequences,
+                  collect_orphans=collect_orphans)
