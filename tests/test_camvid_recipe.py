@@ -66,3 +66,20 @@ def test_standard_split_labels_only_the_standard_val():
     args = recipe.parse_args(["--val-sequences", ""])
     assert args.val_sequences == "" and recipe.split_label(args, "standard_val").startswith("standard val (0016E5, a")
     assert recipe.parse_args([]).val_sequences == "0001TP"
+
+
+def test_native_crops_option_trains_on_crops_of_the_stored_frames(tmp_path):
+    """--native-crops: the source keeps 480x360 (inference runs there) and training takes WxH windows of it."""
+    from fcnseg import sources
+
+    recipe = load_recipe()
+    data = write_camvid(tmp_path / "camvid", FRAMES)
+    args = recipe.parse_args(["--data-dir", str(data), "--native-crops", "--width", "32", "--height", "16"])
+    config = recipe.recipe_config(args, str(tmp_path / "run"), 10, None, 1.0)
+    assert config.image_size == (480, 360)
+    assert config.source_options == {"val_sequences": "0001TP", "train_crop": "32x16"}
+    source = sources.load("camvid", str(data), config.image_size, **config.source_options)
+    images, labels = next(iter(source.dataset("train", 2, training=True)))
+    assert images.shape == (2, 16, 32, 3) and labels.shape == (2, 16, 32)
+    plain = recipe.recipe_config(recipe.parse_args(["--data-dir", str(data)]), str(tmp_path / "run"), 10, None, 1.0)
+    assert plain.image_size == (320, 240) and "train_crop" not in plain.source_options

@@ -87,3 +87,30 @@ def test_cli_reports_unknown_sequence_in_one_line(tmp_path):
     ok = CliRunner().invoke(main, ["check-labels", "--data-source", "camvid", "--data-dir", str(root),
                                    "--source-option", "val_sequences=0001TP"])
     assert ok.exit_code == 0, ok.output
+
+
+def test_train_crop_gives_native_scale_crops_and_leaves_val_whole(tmp_path):
+    """train_crop=WxH: each training image is a WxH window of the image at the training size (no downscale)."""
+    from fcnseg import data
+
+    root = write_camvid(tmp_path)
+    plain = data.Augment(scale=(1.0, 1.0), flip=False, brightness=0.0, contrast=0.0, saturation=0.0, gamma=0.0)
+    source = sources.load("camvid", str(root), image_size=(16, 12), train_crop="8x8")
+    images, labels = next(iter(source.dataset("train", 6, training=True, augment=plain, seed=1)))
+    assert images.shape == (6, 8, 8, 3) and labels.shape == (6, 8, 8)
+    whole = {cv2.imread(str(p))[..., ::-1].astype(np.float32).tobytes(): cv2.imread(str(p))[..., ::-1]
+             for p in sorted((root / "train").glob("*.png")) + sorted((root / "val").glob("*.png"))}
+    offsets = set()
+    for crop in images.numpy():  # every crop is a window of one stored image, at its own scale
+        found = [(y, x) for img in whole.values() for y in range(5) for x in range(9)
+                 if np.array_equal(img[y:y + 8, x:x + 8].astype(np.float32), crop)]
+        assert found, "a crop that is no window of any image"
+        offsets.update(found)
+    assert len(offsets) > 1  # random offsets, not one fixed window
+    again = next(iter(source.dataset("train", 6, training=True, augment=plain, seed=1)))[0]
+    np.testing.assert_array_equal(again.numpy(), images.numpy())  # fixed by the seed (--resume replays it)
+    val_images, _ = next(iter(source.dataset("val", 6)))
+    assert val_images.shape[1:3] == (12, 16)
+    assert source.describe()["train_crop"] == [8, 8] and source.describe()["image_size"] == [16, 12]
+    with pytest.raises(FcnsegError, match="train_crop=32x8: the camvid source expects WxH, .* at most the training"):
+        sources.load("camvid", str(root), image_size=(16, 12), train_crop="32x8")

@@ -70,6 +70,7 @@ SEGNET_WEIGHTS = (0.2595, 0.1826, 4.5640, 0.1417, 0.9051, 0.3826, 9.6446, 1.8418
 CLASS_WEIGHTS = {"segnet": SEGNET_WEIGHTS, "sqrt": tuple(round(w ** 0.5, 4) for w in SEGNET_WEIGHTS), "none": None}
 
 
+NATIVE_SIZE = (480, 360)  # CamVid's stored frames
 # Epochs enough never to end the run before the clock does (CamVid: 46 steps per epoch at batch 8).
 ENDLESS_EPOCHS = 100_000
 
@@ -78,11 +79,14 @@ def recipe_config(args, run_dir: str, epochs: int, steps_per_epoch: int | None, 
     from fcnseg.train import TrainConfig
 
     sequences = getattr(args, "val_sequences", "")
+    options = {"val_sequences": sequences} if sequences else {}
+    image_size = (args.width, args.height)
+    if getattr(args, "native_crops", False):  # train on --width x --height windows of the stored images
+        options["train_crop"] = f"{args.width}x{args.height}"
+        image_size = NATIVE_SIZE
     return TrainConfig(
         data_source="camvid", data_dir=args.data_dir, model="linknet", encoder="resnet18",
-        width=getattr(args, "model_width", 1.0),
-        source_options={"val_sequences": sequences} if sequences else {},
-        image_size=(args.width, args.height), epochs=epochs, batch_size=args.batch_size,
+        width=getattr(args, "model_width", 1.0), source_options=options, image_size=image_size, epochs=epochs, batch_size=args.batch_size,
         steps_per_epoch=steps_per_epoch, learning_rate=args.lr, schedule="onecycle",
         loss="ce", class_weights=CLASS_WEIGHTS[args.weights], augment=True, image_every=0, seed=args.seed,
         run_dir=run_dir, save_every=10**9, max_minutes=max_minutes,
@@ -135,6 +139,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="cross-entropy class weights: SegNet's median-frequency weights, their square roots, or none")
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
                         help="auto: mixed bfloat16 on a GPU or a CPU with AMX, else float32")
+    parser.add_argument("--native-crops", action="store_true",
+                        help="exploratory, not tuned: train on random --width x --height crops of the 480x360 "
+                             "frames at their stored scale (thin classes keep their pixels) instead of whole "
+                             "frames shrunk to that size; validation and inference then run whole 480x360 frames")
     parser.add_argument("--model-width", type=float, default=1.0,
                         help="filter-count multiplier (1.0 = LinkNet-ResNet18; smaller for quick checks)")
     return parser.parse_args(argv)

@@ -27,6 +27,11 @@ Options (``--source-option key=value``):
                    (0001TP, 0006R0, 0016E5, Seq05VD). The standard val is all
                    0016E5, a street train also holds, so it measures memory of
                    a street; a held-out sequence measures new streets.
+    train_crop     WxH, e.g. 320x240: training batches are random WxH crops of
+                   each augmented image at the training size (--image-size;
+                   give the native 480x360 for native-scale crops, so thin
+                   classes keep their pixels); validation and inference run
+                   whole images at the training size.
 """
 
 from __future__ import annotations
@@ -66,8 +71,10 @@ class CamVid(FileSource):
     default_image_size = (480, 360)
 
     def __init__(self, data_dir, image_size=None, seed: int = 0, layout: str = "auto",
-                 val_sequences: str | None = None, *, collect_orphans: bool = False) -> None:
+                 val_sequences: str | None = None, train_crop: str | None = None, *,
+                 collect_orphans: bool = False) -> None:
         super().__init__(data_dir, image_size, seed, collect_orphans=collect_orphans)
+        self.train_crop = parse_crop(train_crop, self.image_size)
         self.val_sequences = parse_sequences(val_sequences)
         self._pool: list[Sample] | None = None
         layout = option_value(self.name, "layout", layout, LAYOUTS)
@@ -96,6 +103,37 @@ class CamVid(FileSource):
         if self.val_sequences and split in ("train", "val"):
             return self._held_out(split)
         return self._folder_samples(split)
+
+    def dataset(self, split: str, batch_size: int, *, training: bool = False, augment=None,
+                seed: int | None = None, drop_remainder: bool = False):
+        """The common pipeline; with ``train_crop``, training batches are per-image random crops of it."""
+        ds = super().dataset(split, batch_size, training=training, augment=augment, seed=seed,
+                             drop_remainder=drop_remainder)
+        if not training or self.train_crop is None:
+            return ds
+        import tensorflow as tf
+
+        w, h = self.train_crop
+        base = self.seed if seed is None else seed
+
+        def crop(index, pair):
+            image, label = pair
+            # one stateless draw per image, from (seed, position): --resume's exact replay holds
+            key = tf.stack([tf.cast(base, tf.int64), index])
+            offset = tf.random.stateless_uniform([2], key, 0, 2**31 - 1, dtype=tf.int64)
+            y = tf.cast(offset[0] % (tf.shape(label, out_type=tf.int64)[0] - h + 1), tf.int32)
+            x = tf.cast(offset[1] % (tf.shape(label, out_type=tf.int64)[1] - w + 1), tf.int32)
+            return (tf.ensure_shape(image[y:y + h, x:x + w], [h, w, 3]),
+                    tf.ensure_shape(label[y:y + h, x:x + w], [h, w]))
+
+        return ds.unbatch().enumerate().map(crop, num_parallel_calls=tf.data.AUTOTUNE).batch(
+            batch_size, drop_remainder=drop_remainder)
+
+    def describe(self) -> dict:
+        described = super().describe()
+        if self.train_crop is not None:  # inference runs whole images at image_size, not at the crop size
+            described["train_crop"] = list(self.train_crop)
+        return described
 
     def _check_sequences(self) -> None:
         """Refuse a sequence train/ and val/ lack now, in one line, not once per split later."""
@@ -179,8 +217,22 @@ def parse_sequences(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in str(value).split(",") if v.strip())
 
 
+def parse_crop(value: str | None, image_size: tuple[int, int]) -> tuple[int, int] | None:
+    """``train_crop=WxH`` -> (W, H), at most the training size; None or blank -> None."""
+    if value is None or not str(value).strip():
+        return None
+    try:
+        w, h = (int(v) for v in str(value).lower().split("x"))
+    except ValueError:
+        w = h = 0
+    if not (8 <= w <= image_size[0] and 8 <= h <= image_size[1]):
+        raise FcnsegError(f"--source-option train_crop={value}: the camvid source expects WxH, at least 8x8 and "
+                          f"at most the training size {image_size[0]}x{image_size[1]}")
+    return w, h
+
+
 def make_source(data_dir, image_size=None, seed: int = 0, layout: str = "auto", val_sequences: str | None = None,
-                *, collect_orphans: bool = False) -> CamVid:
+                train_crop: str | None = None, *, collect_orphans: bool = False) -> CamVid:
     """Build the CamVid source (see the module docstring for the options)."""
-    return CamVid(data_dir, image_size, seed, layout=layout, val_sequences=val_sequences,
+    return CamVid(data_dir, image_size, seed, layout=layout, val_sequences=val_sequences, train_crop=train_crop,
                   collect_orphans=collect_orphans)
