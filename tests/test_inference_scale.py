@@ -177,6 +177,7 @@ def frames(camvid):
     return np.stack([cv2.imread(str(camvid / "val" / f"0016E5_{i:05d}.png"))[..., ::-1] for i in range(2)])
 
 
+@pytest.mark.slow
 def test_exported_savedmodel_runs_at_the_training_size_like_predict(ckpt, camvid, tmp_path):
     import tensorflow as tf
 
@@ -218,4 +219,20 @@ def test_exported_onnx_runs_at_the_training_scale_like_predict(ckpt, camvid, tmp
     outputs = dict(zip(names, session.run(None, {"images": images})))
     assert outputs["probabilities"].shape == (2, IMG_H, IMG_W, 11)
     # the matrix-product resize differs from TensorFlow's by float round-off only
+    assert (outputs["classes"] == expected).mean() >= 0.99
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+def test_exported_tflite_at_another_input_size_resizes_inside_like_predict(ckpt, camvid, tmp_path):
+    import tensorflow as tf
+
+    images = frames(camvid)[:1]
+    expected = predict_labels(ckpt, images, tmp_path)
+    out = tmp_path / "model.tflite"
+    result = run("export", "--checkpoint", ckpt, "--format", "tflite", "--output", out,
+                 "--image-size", f"{IMG_W}x{IMG_H}")
+    assert result.exit_code == 0, result.output
+    interpreter = tf.lite.Interpreter(model_path=str(out))
+    outputs = interpreter.get_signature_runner("serving_default")(images=images)
+    assert outputs["probabilities"].shape == (1, IMG_H, IMG_W, 11)
     assert (outputs["classes"] == expected).mean() >= 0.99
