@@ -113,6 +113,18 @@ def source_options(fn):
     return fn
 
 
+def inference_size_options(fn):
+    """--size / --scale: where predict, evaluate and export run the model (fcnseg.inference.resolution)."""
+    fn = click.option("--scale", default=None, type=FiniteFloat(0, 16, min_open=True), metavar="S",
+                      help="Run the model on each image scaled by S (e.g. 0.5) instead of --size; "
+                           "probabilities are resized back.")(fn)
+    fn = click.option("--size", "size", default="train", show_default=True, metavar="train|native|WxH",
+                      help="Where the model runs: train = each image resized to the checkpoint's training "
+                           "size (the scale it learned), native = as stored, WxH = that size; probabilities "
+                           "are resized back (bilinear) to each image's size.")(fn)
+    return fn
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="fcnseg")
 @click.option("--verbose", is_flag=True, envvar="FCNSEG_VERBOSE",
@@ -323,12 +335,10 @@ def check_labels(data_source, data_dir, source_option, split, previews_dir, num_
               help="A .keras checkpoint written by `fcnseg train` (e.g. RUN_DIR/best.keras).")
 @source_options
 @click.option("--split", default="val", show_default=True, help="Split to evaluate (val, test, train, ...).")
-@click.option("--size", "size", default="train", show_default=True, type=click.Choice(["train", "native"]),
-              help="Run the model at the checkpoint's training size (probabilities resized back to each "
-                   "label) or at the images' native size.")
+@inference_size_options
 @click.option("--window", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
               help="Sliding-window inference with WxH tiles at native size (for images larger than the "
-                   "training size).")
+                   "training size; replaces --size).")
 @click.option("--overlap", default=1 / 3, show_default=True, type=FiniteFloat(0, 1, max_open=True),
               help="Fraction of a window shared with its neighbour.")
 @click.option("--flip", is_flag=True, help="Average with the prediction of the horizontally flipped image.")
@@ -339,15 +349,16 @@ def check_labels(data_source, data_dir, source_option, split, previews_dir, num_
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Also write every figure and the confusion matrix to this JSON file.")
 @reports_errors
-def evaluate(checkpoint, data_source, data_dir, source_option, split, size, window, overlap, flip, beta, monitor,
-             output):
+def evaluate(checkpoint, data_source, data_dir, source_option, split, size, scale, window, overlap, flip, beta,
+             monitor, output):
     """Per-class IoU, accuracy, precision, F-beta and Dice of a checkpoint on a split (void ignored),
     from one confusion matrix over the whole split at label resolution; MaxF/AP for binary tasks."""
     from fcnseg.evaluate import EvaluateConfig, evaluate as run_evaluate, format_table
 
     config = EvaluateConfig(checkpoint=checkpoint, data_source=data_source, data_dir=data_dir,
                             source_options=parse_source_options(source_option), split=split, size=size,
-                            window=window, overlap=overlap, flip=flip, beta=beta, monitor=monitor, output=output)
+                            scale=scale, window=window, overlap=overlap, flip=flip, beta=beta, monitor=monitor,
+                            output=output)
     result = run_evaluate(config, log=click.echo,
                           progress=lambda n: click.progressbar(length=n, label="evaluating", file=sys.stderr))
     click.echo(format_table(result))
@@ -423,9 +434,10 @@ def _morphology_value(value: str) -> tuple[str, int]:
               help="Where NAME_label.png, NAME_color.png and NAME_overlay.png go (created if missing).")
 @click.option("--batch-size", default=4, show_default=True, type=click.IntRange(min=1),
               help="Images (or sliding-window tiles) per model call.")
+@inference_size_options
 @click.option("--window", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
-              help="Predict images larger than WxH in overlapping WxH tiles, averaging probabilities "
-                   "(default: the whole image at once).")
+              help="Predict images larger than WxH in overlapping WxH tiles at native size, averaging "
+                   "probabilities (replaces --size; default: the whole image at once).")
 @click.option("--overlap", default=0.5, show_default=True, type=FiniteFloat(0, 1, max_open=True),
               help="Fraction of a window shared with its neighbour.")
 @click.option("--flip", is_flag=True, help="Test-time augmentation: average with the horizontally flipped image.")
@@ -446,8 +458,8 @@ def _morphology_value(value: str) -> tuple[str, int]:
 @click.option("--static-mask-class", default="void", show_default=True,
               help="Class name, train id or 'void' for the --static-mask pixels.")
 @reports_errors
-def predict(checkpoint, inputs, output_dir, batch_size, window, overlap, flip, alpha, threshold, claim, morphology,
-            static_mask, static_mask_class):
+def predict(checkpoint, inputs, output_dir, batch_size, size, scale, window, overlap, flip, alpha, threshold,
+            claim, morphology, static_mask, static_mask_class):
     """Segment images, folders, globs or videos (frame by frame) with a checkpoint.
 
     Writes three PNGs per image or video frame: the label (uint8 train ids, void = the
@@ -459,7 +471,8 @@ def predict(checkpoint, inputs, output_dir, batch_size, window, overlap, flip, a
     from fcnseg.predict import PredictConfig, predict as run_predict
 
     config = PredictConfig(
-        checkpoint=checkpoint, inputs=inputs, output_dir=output_dir, batch_size=batch_size, window=window,
+        checkpoint=checkpoint, inputs=inputs, output_dir=output_dir, batch_size=batch_size, size=size, scale=scale,
+        window=window,
         overlap=overlap, flip=flip, alpha=alpha, thresholds=parse_pairs(threshold, "--threshold", float),
         claims=parse_pairs(claim, "--claim", float),
         morphology=tuple((c, op, k) for c, (op, k) in parse_pairs(morphology, "--morphology", _morphology_value)),
@@ -487,23 +500,27 @@ def predict(checkpoint, inputs, output_dir, batch_size, window, overlap, flip, a
 @click.option("--image-size", callback=lambda c, p, v: image_size_option(v), metavar="WxH",
               help="Fix the input size. TFLite always has a fixed (1, H, W, 3) input: default the "
                    "checkpoint's training size. SavedModel and ONNX default to any batch and size.")
+@inference_size_options
 @click.option("--float16", is_flag=True, help="TFLite: store weights as float16 (half the size).")
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(min=13), help="ONNX opset.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing --output (kept until the new model is complete; a folder only if it "
                    "holds a SavedModel).")
 @reports_errors
-def export(checkpoint, fmt, output, image_size, float16, opset, overwrite):
+def export(checkpoint, fmt, output, image_size, size, scale, float16, opset, overwrite):
     """Export a checkpoint as a SavedModel, TFLite or ONNX model.
 
     Every format takes uint8 RGB images 'images' (B, H, W, 3) and returns 'classes' (int32 train
     ids, B x H x W) and 'probabilities' (float32 softmax, B x H x W x C; a --head sigmoid
-    checkpoint gives C = 2: 1 - p and p, the sigmoid probability of its foreground class).
+    checkpoint gives C = 2: 1 - p and p, the sigmoid probability of its foreground class), at the
+    input's size. By default the graph runs the model as predict does, each image resized to the
+    training size and the probabilities resized back; --size native exports the raw model.
     """
     from fcnseg.export import ExportConfig, export as run_export
 
     run_export(ExportConfig(checkpoint=checkpoint, format=fmt, output=output, image_size=image_size,
-                            float16=float16, opset=opset, overwrite=overwrite), log=click.echo)
+                            size=size, scale=scale, float16=float16, opset=opset, overwrite=overwrite),
+               log=click.echo)
 
 
 if __name__ == "__main__":

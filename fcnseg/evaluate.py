@@ -3,7 +3,8 @@
 ``confusion_matrix`` is what training uses each epoch (on batches at the
 training size). ``evaluate`` is the published protocol behind ``fcnseg
 evaluate``: every image of the split is run through the model (at the
-checkpoint's training size, or natively, or in sliding windows), the class
+checkpoint's training size by default, or natively, at a scale, or in sliding
+windows: ``fcnseg.inference.run_at_resolution``, which predict shares), the class
 probabilities are resized bilinearly back to the label's own resolution, and
 each non-void label pixel is counted once.
 """
@@ -21,7 +22,8 @@ import tensorflow as tf
 from fcnseg import checkpoint, sources
 from fcnseg.errors import FcnsegError
 from fcnseg.files import write_json
-from fcnseg.inference import make_infer, probabilities_at, resized_probabilities, sliding_window_probabilities
+from fcnseg.inference import (Resolution, make_infer, resize_probabilities, resolution, run_at_resolution,
+                              sliding_window_probabilities)
 from fcnseg.metrics import batch_confusion, kitti_scores, scores
 from fcnseg.monitor import resolve as resolve_monitor, value as monitor_value
 from fcnseg.progress import open_bar
@@ -59,7 +61,8 @@ class EvaluateConfig:
     data_dir: str | None = None
     source_options: dict = field(default_factory=dict)
     split: str = "val"
-    size: str = "train"  # "train": resize inputs to the checkpoint's training size; "native": as stored
+    size: str = "train"  # "train": the checkpoint's training size; "native": as stored; or "WxH"
+    scale: float | None = None  # instead of size: run each image scaled by this factor
     window: tuple[int, int] | None = None  # sliding-window inference with (W, H) tiles (native resolution)
     overlap: float = 1 / 3  # sliding-window overlap
     flip: bool = False  # average with the horizontally flipped prediction
@@ -72,7 +75,9 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
     """Run the checkpoint over a split and return (and optionally write) every figure."""
     if config.output:
         _check_writable(config.output)
-    model, meta, table = checkpoint.load(config.checkpoint)
+    # A bad --size/--scale is refused before the slow model load.
+    res = resolution(checkpoint.read_meta(config.checkpoint), config.size, config.scale, config.window)
+    model, _, table = checkpoint.load(config.checkpoint)
     source = sources.load(config.data_source, config.data_dir, None, 0, **config.source_options)
     if source.num_classes != table.num_classes or tuple(source.class_names) != tuple(table.class_names):
         raise FcnsegError(f"--checkpoint {config.checkpoint} predicts {table.num_classes} classes "
@@ -81,7 +86,6 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
     if config.monitor is not None:
         resolve_monitor(config.monitor, table.class_names)  # before the slow part
     num_classes = table.num_classes
-    train_w, train_h = meta["source"]["image_size"]
     infer = make_infer(model, config.flip)
     cm = np.zeros((num_classes, num_classes), np.int64)
     binary = num_classes == 2
@@ -93,7 +97,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
         with open_bar(progress, total) as bar:
             pairs = getattr(source, "evaluation_elements", source.elements)(config.split)
             for image, label in pairs.as_numpy_iterator():
-                probs = _probabilities(infer, image, label.shape, config, (train_w, train_h))
+                probs = _probabilities(infer, image, label.shape, config, res)
                 pred = probs.argmax(-1)
                 valid = (label >= 0) & (label < num_classes)
                 cm += np.bincount(label[valid] * num_classes + pred[valid],
@@ -115,7 +119,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
         result["monitor"] = {"expression": config.monitor, "value": monitor_value(config.monitor, result)}
     result.update({
         "checkpoint": os.path.abspath(config.checkpoint), "data_source": source.name, "split": config.split,
-        "images": count, "protocol": _protocol(config, (train_w, train_h)), "confusion_matrix": cm.tolist(),
+        "images": count, "protocol": _protocol(config, res), "confusion_matrix": cm.tolist(),
         "seconds": round(time.perf_counter() - start, 2),
     })
     if config.output:
@@ -123,24 +127,19 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
     return result
 
 
-def _probabilities(infer, image: np.ndarray, label_hw, config: EvaluateConfig, train_size) -> np.ndarray:
+def _probabilities(infer, image: np.ndarray, label_hw, config: EvaluateConfig, res: Resolution) -> np.ndarray:
     """(H, W, C) class probabilities of one image at its label's resolution."""
-    if config.window:
-        probs = sliding_window_probabilities(infer, image, config.window, config.overlap, 4)
-    elif config.size == "native":
-        probs = infer(image[None].astype(np.float32))[0].numpy()
-    else:
-        probs = resized_probabilities(infer, image, train_size)
-    return probabilities_at(probs, label_hw)
+    if not config.window:
+        return run_at_resolution(infer, image[None], res, label_hw)[0]
+    probs = sliding_window_probabilities(infer, image, config.window, config.overlap, 4)
+    return probs if probs.shape[:2] == tuple(label_hw) else resize_probabilities(probs[None], label_hw)[0].numpy()
 
 
-def _protocol(config: EvaluateConfig, train_size) -> str:
+def _protocol(config: EvaluateConfig, res: Resolution) -> str:
     if config.window:
         how = f"sliding {config.window[0]}x{config.window[1]} windows, overlap {config.overlap:.2f}, native size"
-    elif config.size == "native":
-        how = "whole image at native size"
     else:
-        how = f"whole image resized to {train_size[0]}x{train_size[1]}, probabilities resized back"
+        how = res.describe()
     return how + (", flip TTA" if config.flip else "") + "; metrics at label resolution, void ignored"
 
 

@@ -12,6 +12,14 @@ SavedModel and ONNX take any batch size and image size unless ``image_size``
 fixes H and W. TFLite has a fixed (1, H, W, 3) input, by default the
 checkpoint's training size: the converter resolves the model's pad-to-32 and
 crop for one shape, and mobile runtimes want static shapes anyway.
+
+The model runs inside the artefact as ``fcnseg predict`` runs it: by default
+each image is resized to the checkpoint's training size in the graph, and the
+probabilities are resized back (bilinear) to the image's own size, so a client
+gets ``predict``'s labels for an image of any size. ``size="native"`` exports
+the raw model (outputs at the input's size, computed there); ``scale`` scales
+each input by a factor instead. ONNX and TFLite have no op for TensorFlow's
+antialiased resize, so theirs is the same filter written as two matrix products.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Callable
 from fcnseg import heads
 from fcnseg.errors import FcnsegError
 from fcnseg.files import atomic_dir, atomic_write, write_error
+from fcnseg.inference import Resolution, resize_images, resize_probabilities, resolution
 
 FORMATS = ("savedmodel", "tflite", "onnx")
 INSTALL_HINT = 'pip install "fcnseg[export]"'
@@ -38,6 +47,8 @@ class ExportConfig:
     image_size: tuple[int, int] | None = None  # (W, H) to fix; TFLite defaults to the training size
     float16: bool = False  # TFLite only: float16 weights (half the size, float32 inputs/outputs)
     opset: int = 17  # ONNX opset
+    size: str = "train"  # where the model runs inside the graph: "train" (its training size), "native", "WxH"
+    scale: float | None = None  # instead of size: scale each input by this factor
     overwrite: bool = False  # replace an existing --output
 
 
@@ -51,6 +62,29 @@ def serving_function(model):
         return {"classes": tf.argmax(probabilities, axis=-1, output_type=tf.int32), "probabilities": probabilities}
 
     return serve
+
+
+def scaled_serving_function(model, res: Resolution, portable: bool):
+    """``serving_function`` run at ``res``: images resized in, probabilities resized back to their size
+    (as ``fcnseg.inference.run_at_resolution``); ``portable`` for ONNX and TFLite graphs."""
+    serve = serving_function(model)
+    if res.native:
+        return serve
+    import tensorflow as tf
+
+    def scaled(images):
+        hw = tf.shape(images)[1:3]
+        if res.size is not None:
+            model_hw = (res.size[1], res.size[0])
+            if tuple(images.shape[1:3]) == model_hw:  # a fixed input at that size (TFLite's default)
+                return serve(images)
+        else:  # float64 and half-to-even rounding: the sizes Python's round() gives in predict
+            model_hw = tf.cast(tf.maximum(tf.round(tf.cast(hw, tf.float64) * res.scale), 1.0), tf.int32)
+        small = resize_images(tf.cast(images, tf.float32), model_hw, portable)
+        probabilities = resize_probabilities(serve(small)["probabilities"], hw)
+        return {"classes": tf.argmax(probabilities, axis=-1, output_type=tf.int32), "probabilities": probabilities}
+
+    return scaled
 
 
 def input_spec(batch: int | None, image_size: tuple[int, int] | None):
@@ -76,23 +110,28 @@ def export(config: ExportConfig, log: Callable[[str], None] = print) -> str:
     if config.format == "onnx":
         _require_tf2onnx()  # fail before the slow model load
     _check_output(config.output, config.overwrite, config.format)
+    res = resolution(checkpoint.read_meta(config.checkpoint), config.size, config.scale)
     model, meta, _ = checkpoint.load(config.checkpoint)
+    meta = {**meta, "export": {"inside_the_graph": res.describe()}}
     import tensorflow as tf
 
     try:
         if config.format == "savedmodel":
             # Written beside --output and swapped in, so a failure keeps the old model whole.
             with atomic_dir(config.output, "--output") as tmp:
-                _write_savedmodel(model, tmp, input_spec(None, config.image_size))
+                _write_savedmodel(scaled_serving_function(model, res, False), tmp, input_spec(None, config.image_size),
+                                  model)
                 os.makedirs(os.path.join(tmp, "assets.extra"))
                 with open(os.path.join(tmp, "assets.extra", "fcnseg.json"), "w") as f:
                     json.dump(meta, f, indent=1)  # class names and colours for clients; TF Serving ignores it
         else:
             if config.format == "tflite":
                 size = config.image_size or tuple(meta["source"]["image_size"])
-                data = _tflite_bytes(model, input_spec(1, size), config.float16)
+                data = _tflite_bytes(scaled_serving_function(model, res, True), model, input_spec(1, size),
+                                        config.float16)
             else:
-                data = _onnx_bytes(model, input_spec(None, config.image_size), config.opset, meta)
+                data = _onnx_bytes(scaled_serving_function(model, res, True), input_spec(None, config.image_size),
+                                   config.opset, meta)
             with atomic_write(config.output, "wb", "--output") as f:
                 f.write(data)
     except tf.errors.OpError as e:  # TensorFlow's own file writes (SavedModel) fail with these, not OSError
@@ -123,21 +162,21 @@ def _check_output(path: str, overwrite: bool, fmt: str) -> None:
         raise FcnsegError(f"--output {path}: folder {parent} is not writable")
 
 
-def _write_savedmodel(model, path: str, spec) -> None:
+def _write_savedmodel(serve, path: str, spec, model) -> None:
     import keras
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serving_function(model), input_signature=[spec])
+    archive.add_endpoint("serving_default", serve, input_signature=[spec])
     archive.write_out(path, verbose=False)
 
 
-def _tflite_bytes(model, spec, float16: bool) -> bytes:
+def _tflite_bytes(serve, model, spec, float16: bool) -> bytes:
     import tensorflow as tf
 
     # Converting from a SavedModel keeps the signature's input/output names (images, classes, probabilities).
     with tempfile.TemporaryDirectory() as tmp:
-        _write_savedmodel(model, os.path.join(tmp, "sm"), spec)
+        _write_savedmodel(serve, os.path.join(tmp, "sm"), spec, model)
         converter = tf.lite.TFLiteConverter.from_saved_model(os.path.join(tmp, "sm"))
         if float16:
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -172,12 +211,12 @@ def _floor_mod(ctx, node, name, args):
     return FloorMod.version_7(ctx, node)
 
 
-def _onnx_bytes(model, spec, opset: int, meta: dict) -> bytes:
+def _onnx_bytes(serve, spec, opset: int, meta: dict) -> bytes:
     import tensorflow as tf
 
     tf2onnx = _require_tf2onnx()
-    serve = tf.function(serving_function(model), input_signature=[spec])
-    proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset,
+    traced = tf.function(serve, input_signature=[spec])
+    proto, _ = tf2onnx.convert.from_function(traced, input_signature=[spec], opset=opset,
                                              custom_op_handlers={"FloorMod": (_floor_mod, [])})
     entry = proto.metadata_props.add()
     entry.key, entry.value = "fcnseg", json.dumps(meta)

@@ -11,6 +11,11 @@ share one); video frames are ``<video-stem>_<frame:06d>``.
 Inputs are read lazily, one frame at a time, and written as soon as their batch
 is done, so memory does not grow with the number of inputs.
 
+The model runs at the checkpoint's training size by default (each image
+resized in, its probabilities resized back to the image's size: the path
+``fcnseg evaluate`` takes, ``fcnseg.inference.run_at_resolution``); ``size``
+"native" or ``scale`` override it, ``window`` tiles at native size.
+
 Post-processing runs as TensorFlow ops on the probability map (so the same code
 runs wherever the model runs), in this order: per-class thresholds, claims,
 morphology, static mask.
@@ -30,7 +35,7 @@ from fcnseg import imageio, overlay as overlay_lib
 from fcnseg.classes import ClassTable
 from fcnseg.errors import FcnsegError
 from fcnseg.files import atomic_write, ensure_writable_dir, is_symlink_loop, remove_empty_folders
-from fcnseg.inference import make_infer, sliding_window_probabilities
+from fcnseg.inference import make_infer, resolution, run_at_resolution, sliding_window_probabilities
 from fcnseg.progress import open_bar
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -45,6 +50,8 @@ class PredictConfig:
     output_dir: str
     batch_size: int = 4  # images (or sliding-window tiles) per model call
     window: tuple[int, int] | None = None  # (W, H): larger images are predicted in overlapping tiles
+    size: str = "train"  # "train": the checkpoint's training size; "native": as stored; or "WxH"
+    scale: float | None = None  # instead of size: run each image scaled by this factor
     overlap: float = 0.5  # fraction of the window shared by neighbouring tiles
     flip: bool = False  # average with the prediction on the horizontally flipped image
     alpha: float = 0.5  # weight of the class colour in the overlay
@@ -330,7 +337,8 @@ def predict(config: PredictConfig, log: Callable[[str], None] = print,
     files, errors = expand_inputs(config.inputs)
     if not files:  # nothing to do is a mistake (an empty folder, a glob typo), not a success
         raise FcnsegError(f"no input files: {'; '.join(_describe_empty(item) for item in config.inputs)}")
-    checkpoint.read_meta(config.checkpoint)  # a missing or foreign checkpoint: refused before any folder is made
+    # A missing or foreign checkpoint, or a bad --size/--scale: refused before any folder is made.
+    res = resolution(checkpoint.read_meta(config.checkpoint), config.size, config.scale, config.window)
     created = check_output_dir(config.output_dir)  # before the slow model load
     try:
         model, _, table = checkpoint.load(config.checkpoint)
@@ -360,7 +368,7 @@ def predict(config: PredictConfig, log: Callable[[str], None] = print,
             probs = np.stack([sliding_window_probabilities(infer, img, config.window, config.overlap,
                                                            config.batch_size) for _, img in batch])
         else:
-            probs = infer(np.stack([img for _, img in batch]).astype(np.float32))
+            probs = run_at_resolution(infer, np.stack([img for _, img in batch]), res)
         labels = post(probs).numpy()
         result.model_seconds += time.perf_counter() - t
         for (name, image), lab in zip(batch, labels):

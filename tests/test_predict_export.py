@@ -359,6 +359,13 @@ def keras_probabilities(model, images):
     return tf.nn.softmax(model(images.astype(np.float32), training=False), axis=-1).numpy()
 
 
+def probabilities_at_training_size(model, images):
+    """What predict computes by default: the images at the checkpoint's 48x32, probabilities resized back."""
+    from fcnseg.inference import Resolution, make_infer, run_at_resolution
+
+    return run_at_resolution(make_infer(model, flip=False), images, Resolution(size=(48, 32)))
+
+
 def assert_agrees(probs, classes, reference, atol):
     assert probs.shape == reference.shape
     assert np.abs(probs - reference).max() <= atol
@@ -378,7 +385,7 @@ def test_export_savedmodel_any_size(ckpt, loaded, tmp_path):
         outputs = serve(images=tf.constant(images, tf.uint8))
         assert outputs["classes"].dtype == tf.int32
         assert_agrees(outputs["probabilities"].numpy(), outputs["classes"].numpy(),
-                      keras_probabilities(loaded[0], images), 1e-3)
+                      probabilities_at_training_size(loaded[0], images), 1e-3)
     result = run("export", "--checkpoint", ckpt, "--format", "savedmodel", "--output", out)
     assert result.exit_code == 1 and "already exists" in result.output
     (out / "variables" / "stale").write_text("from the old model")
@@ -438,7 +445,8 @@ def test_export_onnx(which, request, tmp_path):
     for shape in ((1, 32, 48), (2, 40, 72)):
         images = np.stack([scene(shape[2], shape[1], i) for i in range(shape[0])])
         outputs = dict(zip(names, session.run(None, {"images": images})))
-        assert_agrees(outputs["probabilities"], outputs["classes"], keras_probabilities(loaded[0], images), 1e-3)
+        assert_agrees(outputs["probabilities"], outputs["classes"], probabilities_at_training_size(loaded[0], images),
+                      1e-3)
 
 
 def test_export_bad_options(ckpt, tmp_path, monkeypatch):
@@ -528,7 +536,7 @@ def test_predict_that_fails_to_start_leaves_no_output_dir(tmp_path, monkeypatch)
     assert result.exit_code != 0 and "nope.keras" in result.output
     assert not (tmp_path / "new").exists()
     # A checkpoint whose metadata reads but whose model does not load: the folders made are removed again.
-    monkeypatch.setattr(checkpoint, "read_meta", lambda path, what="--checkpoint": {})
+    monkeypatch.setattr(checkpoint, "read_meta", lambda path, what="--checkpoint": {"source": {"image_size": [8, 8]}})
 
     def broken(path, what="--checkpoint", compile=False):
         raise FcnsegError(f"{what} {path}: could not load the model")

@@ -1,0 +1,85 @@
+"""tools/camvid_recipe.py: the clock ends the run (no pilot), held-out and standard val each labelled,
+per-class IoU and the CPU model in the output."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+from test_camvid_sequences import write_camvid
+
+FRAMES = {  # CamVid's sequences as the real split holds them: val is all 0016E5
+    "train": ["0001TP_006690", "0001TP_006720", "0006R0_f01800", "0006R0_f01830", "0016E5_00390", "0016E5_00420"],
+    "val": ["0016E5_07959", "0016E5_07961"],
+}
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location(
+        "camvid_recipe", os.path.join(os.path.dirname(__file__), "..", "tools", "camvid_recipe.py"))
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)
+    return recipe
+
+
+@pytest.mark.slow
+def test_recipe_trains_until_the_clock_and_reports_both_vals(tmp_path, capsys):
+    recipe = load_recipe()
+    data = write_camvid(tmp_path / "camvid", FRAMES)
+    out = tmp_path / "out"
+    minutes = 0.4
+    recipe.main(["--minutes", str(minutes), "--data-dir", str(data), "--out", str(out), "--width", "16",
+                 "--height", "12", "--batch-size", "2", "--precision", "float32", "--model-width", "0.125"])
+    summary = json.loads((out / "val_scores.json").read_text())
+    # 0001TP held out: train is the 6 other frames of train+val, 3 steps per epoch at batch 2
+    assert summary["steps_per_epoch"] == 3
+    # the clock ended the run: it lasted the budget and took many epochs' worth of steps, far fewer than planned
+    assert summary["wall_minutes_training"] >= minutes
+    assert summary["wall_minutes_training"] < minutes + 1.5
+    assert summary["steps"] > 2 * summary["steps_per_epoch"] and summary["epochs"] > 2
+    assert summary["epochs"] < recipe.ENDLESS_EPOCHS and summary["config"]["max_minutes"] <= minutes
+    assert summary["config"]["source_options"] == {"val_sequences": "0001TP"}
+    assert summary["held_out"]["images"] == 2 and summary["standard_val"]["images"] == 2
+    assert set(summary["held_out"]["per_class"]) >= {"Road", "Car", "Bicyclist"}
+    cpu = recipe.cpu_model()
+    assert summary["cpu"] == cpu and "cores" in cpu
+    table = (out / "val_table.md").read_text()
+    assert "held-out sequences 0001TP (new streets)" in table and "standard val (0016E5; its frames were trained" in table
+    assert table.count("| Road |") == 2 and table.count(cpu) == 2
+    assert "budget (--max-minutes) ran out" in capsys.readouterr().out
+    assert not (out / "pilot").exists()
+
+
+def test_recipe_refuses_an_unknown_sequence_in_one_line_before_making_out(tmp_path):
+    recipe = load_recipe()
+    data = write_camvid(tmp_path / "camvid", FRAMES)
+    with pytest.raises(SystemExit) as e:
+        recipe.main(["--minutes", "0.1", "--data-dir", str(data), "--out", str(tmp_path / "out"),
+                     "--val-sequences", "0002XX"])
+    assert str(e.value).startswith("Error: --source-option val_sequences=0002XX") and "\n" not in str(e.value)
+    assert "0001TP, 0006R0, 0016E5" in str(e.value) and not (tmp_path / "out").exists()
+
+
+def test_standard_split_labels_only_the_standard_val():
+    recipe = load_recipe()
+    args = recipe.parse_args(["--val-sequences", ""])
+    assert args.val_sequences == "" and recipe.split_label(args, "standard_val").startswith("standard val (0016E5, a")
+    assert recipe.parse_args([]).val_sequences == "0001TP"
+
+
+def test_native_crops_option_trains_on_crops_of_the_stored_frames(tmp_path):
+    """--native-crops: the source keeps 480x360 (inference runs there) and training takes WxH windows of it."""
+    from fcnseg import sources
+
+    recipe = load_recipe()
+    data = write_camvid(tmp_path / "camvid", FRAMES)
+    args = recipe.parse_args(["--data-dir", str(data), "--native-crops", "--width", "32", "--height", "16"])
+    config = recipe.recipe_config(args, str(tmp_path / "run"), 10, None, 1.0)
+    assert config.image_size == (480, 360)
+    assert config.source_options == {"val_sequences": "0001TP", "train_crop": "32x16"}
+    source = sources.load("camvid", str(data), config.image_size, **config.source_options)
+    images, labels = next(iter(source.dataset("train", 2, training=True)))
+    assert images.shape == (2, 16, 32, 3) and labels.shape == (2, 16, 32)
+    plain = recipe.recipe_config(recipe.parse_args(["--data-dir", str(data)]), str(tmp_path / "run"), 10, None, 1.0)
+    assert plain.image_size == (320, 240) and "train_crop" not in plain.source_options
