@@ -1,4 +1,4 @@
-"""Segmentation models: FCN-8s/16s/32s (VGG16) and LinkNet (any encoder of the table).
+"""Segmentation models: FCN-8s/16s/32s (VGG16), LinkNet (any encoder of the table), SegFormer (MiT).
 
 Every builder returns a ``keras.Model`` from float32 RGB 0..255 images
 (B, H, W, 3) to float32 logits (B, H, W, num_classes) for any H and W, and
@@ -9,14 +9,17 @@ takes ``encoder`` (a key of ``fcnseg.models.encoders.ENCODERS`` that
 from fcnseg.models.encoders import ENCODERS
 from fcnseg.models.fcn import fcn8s, fcn16s, fcn32s
 from fcnseg.models.linknet import linknet
+from fcnseg.models.mit import MIT_VARIANTS
+from fcnseg.models.segformer import segformer
 
-MODELS = {"fcn8s": fcn8s, "fcn16s": fcn16s, "fcn32s": fcn32s, "linknet": linknet}
+MODELS = {"fcn8s": fcn8s, "fcn16s": fcn16s, "fcn32s": fcn32s, "linknet": linknet, "segformer": segformer}
 
 # The encoders each model can take, its default first. FCN is the paper's VGG16 net (its fc6/fc7
 # are VGG16's classifier), so it takes no other.
 MODEL_ENCODERS: dict[str, tuple[str, ...]] = {
     "fcn8s": ("vgg16",), "fcn16s": ("vgg16",), "fcn32s": ("vgg16",),
     "linknet": ("resnet18", *(name for name in ENCODERS if name != "resnet18")),
+    "segformer": tuple(MIT_VARIANTS),  # the all-MLP head reads MiT's four stages (no stride 2 in MiT)
 }
 
 
@@ -28,4 +31,4 @@ def encoder_refusal(model: str, encoder: str | None) -> str | None:
     return f"--model {model} cannot take --encoder {encoder}; its encoders are: {', '.join(valid)}"
 
 
-__all__ = ["ENCODERS", "MODELS", "MODEL_ENCODERS", "encoder_refusal", "fcn8s", "fcn16s", "fcn32s", "linknet"]
+__all__ = ["ENCODERS", "MODELS", "MODEL_ENCODERS", "encoder_refusal", "fcn8s", "fcn16s", "fcn32s", "linknet", "segformer"]
