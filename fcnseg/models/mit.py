@@ -75,7 +75,7 @@ def keras_hub_module(what: str):
     return keras_hub
 
 
-_CONFIG_KEYS = ("layerwise_depths", "num_layers", "layerwise_num_heads", "layerwise_sr_ratios",
+MIT_CONFIG_KEYS = ("layerwise_depths", "num_layers", "layerwise_num_heads", "layerwise_sr_ratios",
                 "max_drop_path_rate", "layerwise_patch_sizes", "layerwise_strides", "hidden_dims")
 
 
@@ -91,7 +91,7 @@ class MiTFeatures(keras.layers.Layer):
 
     def __init__(self, config: dict, **kwargs):
         super().__init__(**kwargs)
-        self.config = {k: config[k] for k in _CONFIG_KEYS}
+        self.config = {k: config[k] for k in MIT_CONFIG_KEYS}
         hub = keras_hub_module("the MiT encoder")
         self.backbone = hub.models.MiTBackbone(**self.config, image_shape=_BUILD_SHAPE, dtype=self.dtype_policy,
                                                name="mit_backbone")
@@ -177,7 +177,7 @@ def mit_encoder(name: str, width: float, weights: str | None) -> keras.Model:
     donor = None
     if weights is not None:
         donor = read_hub_mit(weights)
-        config = {k: donor.get_config()[k] for k in _CONFIG_KEYS}
+        config = {k: donor.get_config()[k] for k in MIT_CONFIG_KEYS}
         if width != 1.0 or config != mit_config(name):
             from fcnseg.models.weights import WeightsError
 

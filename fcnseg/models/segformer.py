@@ -18,13 +18,61 @@ import os
 
 import keras
 
-from fcnseg.models.blocks import conv_bn_relu, upsample
+from keras import ops
+
+from fcnseg.models.blocks import conv_bn_relu
 from fcnseg.models.encoders import build_encoder, encoder_features, preprocessing
 from fcnseg.models.layers import CropToReference, PadToMultiple, scaled
-from fcnseg.models.mit import MIT_VARIANTS, encoder_from_config, keras_hub_module, load_hub_preset, mit_config
+from fcnseg.models.mit import (MIT_CONFIG_KEYS, MIT_VARIANTS, encoder_from_config, keras_hub_module, load_hub_preset,
+                               mit_config)
 
 # keras-hub's projection_filters in every SegFormer preset (B0..B5).
 DECODER_FILTERS = 256
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class BilinearUpsample(keras.layers.Layer):
+    """x``factor`` bilinear upsampling with half-pixel centres (``tf.image.resize``'s and keras-hub's
+    ``Resizing``), from slices and weighted sums.
+
+    ``keras.layers.UpSampling2D`` and ``keras.ops.image.resize`` cannot be traced on maps of
+    unknown height and width (``ops.image.resize`` tests ``size[0] <= 0`` in Python), which
+    ``fcnseg predict``'s ``tf.function`` and the exports need. Output pixel ``f * j + p`` reads
+    input ``j + d`` with ``d = (p + 0.5) / f - 0.5``: a blend of ``j`` and its neighbour, the
+    border pixel repeated past the edges, exactly as the resize kernel clamps.
+    """
+
+    def __init__(self, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def _axis(self, x, axis: int):
+        n = ops.shape(x)[axis]
+        first = ops.take(x, ops.arange(0, 1), axis=axis)
+        last = ops.take(x, ops.arange(n - 1, n), axis=axis)
+        previous = ops.concatenate([first, ops.take(x, ops.arange(0, n - 1), axis=axis)], axis=axis)
+        following = ops.concatenate([ops.take(x, ops.arange(1, n), axis=axis), last], axis=axis)
+        phases = []
+        for p in range(self.factor):
+            d = (p + 0.5) / self.factor - 0.5
+            phases.append(x * (1 - abs(d)) + (previous if d < 0 else following) * abs(d))
+        y = ops.stack(phases, axis=axis + 1)
+        shape = ops.shape(x)
+        new = [shape[i] for i in range(4)]
+        new[axis] = n * self.factor
+        return ops.reshape(y, new)
+
+    def call(self, x):
+        return self._axis(self._axis(x, 1), 2)
+
+    def compute_output_shape(self, input_shape):
+        def up(d):
+            return None if d is None else d * self.factor
+
+        return (input_shape[0], up(input_shape[1]), up(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
 
 
 def segformer(num_classes: int, encoder: str = "mit_b0", encoder_weights: str | None = None,
@@ -67,16 +115,16 @@ def assemble(backbone: keras.Model, num_classes: int, filters: int, preprocess: 
     x = PadToMultiple(32, name="pad")(x)
     feats = encoder_features(backbone, x)
     # On a multiple of 32 every stage is exactly stride-s, so upsampling by s / 4 is keras-hub's
-    # Resizing to the stride-4 map's size (both half-pixel bilinear).
+    # Resizing to the stride-4 map's size.
     levels = []
     for i, stride in enumerate((4, 8, 16, 32), 1):
         y = keras.layers.Dense(filters, name=f"linear_c{i}")(feats[stride])
-        levels.append(upsample(y, stride // 4, f"linear_c{i}_up") if stride > 4 else y)
+        levels.append(BilinearUpsample(stride // 4, name=f"linear_c{i}_up")(y) if stride > 4 else y)
     x = keras.layers.Concatenate(name="concat")(levels[::-1])
     x = conv_bn_relu(x, filters, 1, "linear_fuse")
     x = keras.layers.Dropout(0.1, name="dropout")(x)
     x = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
-    x = upsample(x, 4, "upsample")
+    x = BilinearUpsample(4, name="upsample")(x)
     x = CropToReference(name="crop")([x, inputs])
     outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name=name)
@@ -85,14 +133,15 @@ def assemble(backbone: keras.Model, num_classes: int, filters: int, preprocess: 
 # --- keras-hub presets -> fcnseg checkpoints --------------------------------------------------------
 
 
-def _variant(config: dict) -> tuple[str, float]:
-    """(MiT variant, width) whose :func:`mit_config` is ``config``; ("mit_custom", 1.0) when none is."""
-    for name, (dims, depths) in MIT_VARIANTS.items():
-        width = config["hidden_dims"][-1] / dims[-1]
-        if list(config["layerwise_depths"]) == list(depths) and mit_config(name, width) == {
-                k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in config.items()}:
-            return name, width
-    return "mit_custom", 1.0
+def _variant(config: dict) -> str:
+    """The MiT variant (at width 1 if one fits, else at some width) whose :func:`mit_config` is
+    ``config``; "mit_custom" when none is."""
+    mine = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in config.items() if k in MIT_CONFIG_KEYS}
+    widths = [(name, config["hidden_dims"][-1] / dims[-1]) for name, (dims, _) in MIT_VARIANTS.items()]
+    for name, width in sorted(widths, key=lambda nw: nw[1] != 1.0):
+        if mit_config(name, width) == mine:
+            return name
+    return "mit_custom"
 
 
 def _converter_layer(converter) -> keras.layers.Layer:
@@ -112,7 +161,7 @@ def from_hub_segmenter(segmenter) -> keras.Model:
     hub_backbone = segmenter.backbone
     mit = hub_backbone.image_encoder
     config = mit.get_config()
-    variant, _ = _variant(config)
+    variant = _variant(config)
     encoder = encoder_from_config(variant, config, donor=mit)
     converter = getattr(segmenter.preprocessor, "image_converter", None)
     model = assemble(encoder, segmenter.num_classes, hub_backbone.projection_filters, _converter_layer(converter),
@@ -154,9 +203,15 @@ def preset_classes(preset: str, num_classes: int, dataset: str = "auto"):
     return dataset, table_ref
 
 
-def import_preset(preset: str, output: str, dataset: str = "auto") -> dict:
+def import_preset(preset: str, output: str, dataset: str = "auto", overwrite: bool = False) -> dict:
     """Write keras-hub SegFormer preset ``preset`` (a name or a local preset directory) as the
     fcnseg checkpoint ``output`` that ``fcnseg predict/evaluate/export`` take.
+
+    Args:
+        preset: keras-hub preset name or local preset directory.
+        output: the ``.keras`` file to write (atomically; an existing one only with ``overwrite``).
+        dataset: ``auto`` (from the preset's name), ``cityscapes``, ``ade20k`` or ``generic``.
+        overwrite: replace an existing ``output``.
 
     Returns:
         the checkpoint's metadata (model name, source with class table and the preset's image size).
@@ -172,6 +227,8 @@ def import_preset(preset: str, output: str, dataset: str = "auto") -> dict:
     from fcnseg.errors import FcnsegError
     from fcnseg.models.weights import WeightsError
 
+    if os.path.exists(output) and not overwrite:
+        raise FcnsegError(f"{output} exists: pass --overwrite to replace it")
     try:
         hub = keras_hub_module(f"fcnseg import-preset {preset}")
         segmenter = load_hub_preset(hub.models.SegFormerImageSegmenter, preset, "SegFormer")
