@@ -281,8 +281,8 @@ def test_runs_under_jax_with_the_tensorflow_checkpoint(tmp_path):
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", np.asarray(model(x)))
     classes = table([(c, i, i, (i, i, i)) for i, c in enumerate("abc")])
-    checkpoint.save(model, str(tmp_path / "m.keras"),
-                    {"model": model.name, "source": {"name": "x", "image_size": [53, 37], "classes": classes.to_json()}})
+    source = {"name": "x", "image_size": [53, 37], "classes": classes.to_json()}
+    checkpoint.save(model, str(tmp_path / "m.keras"), {"model": model.name, "source": source})
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", JAX_CHECK, str(tmp_path / "m.keras"), str(tmp_path / "x.npy"),

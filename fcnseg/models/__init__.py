@@ -31,4 +31,5 @@ def encoder_refusal(model: str, encoder: str | None) -> str | None:
     return f"--model {model} cannot take --encoder {encoder}; its encoders are: {', '.join(valid)}"
 
 
-__all__ = ["ENCODERS", "MODELS", "MODEL_ENCODERS", "encoder_refusal", "fcn8s", "fcn16s", "fcn32s", "linknet", "segformer"]
+__all__ = ["ENCODERS", "MODELS", "MODEL_ENCODERS", "encoder_refusal", "fcn8s", "fcn16s", "fcn32s", "linknet",
+           "segformer"]
