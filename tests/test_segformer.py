@@ -257,6 +257,29 @@ def test_train_segformer_through_the_cli(tmp_path):
     assert json.loads((tmp_path / "r" / "config.json").read_text())["encoder"] == "mit_b0"
 
 
+@pytest.mark.slow
+def test_onnx_export_agrees_with_keras(tmp_path):
+    """The ONNX export of a SegFormer runs in onnxruntime and agrees with Keras at an odd size and
+    batch 2 (tf2onnx once folded MiT's one-head reshape + transpose into a wrong-batch reshape)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("tf2onnx")
+    import tensorflow as tf
+
+    model = segformer(3, "mit_b0", width=WIDTH)
+    classes = table([(c, i, i, (i, i, i)) for i, c in enumerate("abc")])
+    source = {"name": "x", "image_size": [53, 37], "classes": classes.to_json()}
+    checkpoint.save(model, str(tmp_path / "m.keras"), {"model": model.name, "source": source})
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(tmp_path / "m.keras"), "--format", "onnx",
+                                       "--output", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    x = _images(37, 53, batch=2).astype("uint8")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(None, {session.get_inputs()[0].name: x})))["probabilities"]
+    want = tf.nn.softmax(model(x.astype("float32")), axis=-1).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 JAX_CHECK = """
 import json, sys
 import numpy as np

@@ -142,6 +142,10 @@ def _attention(attn, x, h, w, training):
     heads = attn.num_heads
 
     def split(t):
+        # One head needs no split: tf2onnx folds that reshape + transpose into a reshape that
+        # copies the wrong batch dimension (onnxruntime then fails), so it is left out.
+        if heads == 1:
+            return ops.expand_dims(t, 1)
         return ops.transpose(ops.reshape(t, (batch, -1, heads, c // heads)), (0, 2, 1, 3))
 
     q = split(attn.q(x))
@@ -149,7 +153,7 @@ def _attention(attn, x, h, w, training):
         x = attn.sr(ops.reshape(x, (batch, h, w, c)))
         x = attn.norm(ops.reshape(x, (batch, -1, c)))
     k, v = split(attn.k(x)), split(attn.v(x))
-    scores = ops.nn.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * attn.scale, axis=-1)
+    scores = ops.nn.softmax(ops.matmul(q, ops.swapaxes(k, 2, 3)) * attn.scale, axis=-1)
     y = ops.matmul(attn.dropout(scores, training=training), v)
     y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (batch, n, c))
     return attn.proj_drop(attn.proj(y), training=training)
