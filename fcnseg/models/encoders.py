@@ -160,9 +160,10 @@ ENCODERS: dict[str, Encoder] = {
     "efficientnet_b3": _efficientnet(3, (144, 192, 288, 816, 1536)),
     "efficientnet_b4": _efficientnet(4, (144, 192, 336, 960, 1792)),
     # MiT (SegFormer's Mix Transformer, keras-hub's layers): no stride-2 features (channels 0, tap ""),
-    # so decoders that need stride 2 must leave it out (see encoder_strides). ``width`` scales its
-    # embedding dims; SegFormer normalises with the ImageNet mean/std (mmsegmentation's config).
-    **{name: Encoder(mit_encoder, ("", "mit_stride4", "mit_stride8", "mit_stride16", "mit_stride32"),
+    # so decoders that need stride 2 must leave it out (see encoder_strides); the other taps are the
+    # four outputs of the encoder's one layer, "mit". ``width`` scales its embedding dims; SegFormer
+    # normalises with the ImageNet mean/std (mmsegmentation's config).
+    **{name: Encoder(mit_encoder, ("", "mit:0", "mit:1", "mit:2", "mit:3"),
                      (0, *MIT_VARIANTS[name][0]), "torch",
                      f"none in keras-hub (its MiT presets are SegFormer-trained: --encoder-weights {name}_ade20k_512)",
                      f"{name}_ade20k_512", True)
