@@ -523,5 +523,28 @@ def export(checkpoint, fmt, output, image_size, size, scale, float16, opset, ove
                log=click.echo)
 
 
+@main.command("import-preset")
+@click.argument("preset")
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--classes", "dataset", default="auto", show_default=True,
+              type=click.Choice(["auto", "cityscapes", "ade20k", "generic"]),
+              help="Class table to store: auto reads cityscapes/ade20k from the preset's name.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUTPUT.")
+@reports_errors
+def import_preset(preset, output, dataset, overwrite):
+    """Turn a keras-hub SegFormer preset into an fcnseg checkpoint.
+
+    PRESET is a keras-hub preset name (segformer_b0_cityscapes_1024, segformer_b0_ade20k_512, ...;
+    needs internet) or a local preset directory (written by keras-hub's save_to_preset). OUTPUT is
+    a .keras checkpoint that predict, evaluate and export take.
+    """
+    from fcnseg.models.segformer import import_preset as run_import
+
+    meta = run_import(preset, output, dataset, overwrite)
+    classes = len(meta["source"]["classes"]["rows"])
+    click.echo(f"wrote {output}: {meta['model']}, {meta['source']['name']} classes ({classes} rows), "
+               f"trained at {'x'.join(map(str, meta['source']['image_size']))}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""Segmentation models: FCN-8s/16s/32s (VGG16); LinkNet, U-Net, FPN (any encoder of the table).
+"""Segmentation models: FCN-8s/16s/32s (VGG16); LinkNet, U-Net, FPN (any encoder of the table); SegFormer (MiT).
 
 Every builder returns a ``keras.Model`` from float32 RGB 0..255 images
 (B, H, W, 3) to float32 logits (B, H, W, num_classes) for any H and W, and
@@ -6,23 +6,28 @@ takes ``encoder`` (a key of ``fcnseg.models.encoders.ENCODERS`` that
 ``MODEL_ENCODERS`` allows for it), ``encoder_weights`` and ``width``.
 """
 
-from fcnseg.models.encoders import ENCODERS
+from fcnseg.models.encoders import ENCODERS, encoder_strides
 from fcnseg.models.fcn import fcn8s, fcn16s, fcn32s
 from fcnseg.models.fpn import fpn
 from fcnseg.models.linknet import linknet
+from fcnseg.models.mit import MIT_VARIANTS
+from fcnseg.models.segformer import segformer
 from fcnseg.models.unet import unet
 
 MODELS = {"fcn8s": fcn8s, "fcn16s": fcn16s, "fcn32s": fcn32s, "linknet": linknet,
-          "unet": unet, "fpn": fpn}
+          "unet": unet, "fpn": fpn, "segformer": segformer}
 
 # The encoders each model can take, its default first. FCN is the paper's VGG16 net (its fc6/fc7
 # are VGG16's classifier), so it takes no other.
 MODEL_ENCODERS: dict[str, tuple[str, ...]] = {
     "fcn8s": ("vgg16",), "fcn16s": ("vgg16",), "fcn32s": ("vgg16",),
     "linknet": ("resnet18", *(name for name in ENCODERS if name != "resnet18")),
-    # smp's defaults (resnet34); every encoder's taps are strides 2..32, as both decoders need.
-    "unet": ("resnet34", *(name for name in ENCODERS if name != "resnet34")),
+    # smp's defaults (resnet34). U-Net's last skip is the stride-2 map, which MiT lacks; FPN reads
+    # strides 4..32 only, so it takes every encoder.
+    "unet": ("resnet34", *(name for name in ENCODERS
+                           if name != "resnet34" and 2 in encoder_strides(name))),
     "fpn": ("resnet34", *(name for name in ENCODERS if name != "resnet34")),
+    "segformer": tuple(MIT_VARIANTS),  # the all-MLP head reads MiT's four stages (no stride 2 in MiT)
 }
 
 
@@ -35,4 +40,4 @@ def encoder_refusal(model: str, encoder: str | None) -> str | None:
 
 
 __all__ = ["ENCODERS", "MODELS", "MODEL_ENCODERS", "encoder_refusal", "fcn8s", "fcn16s", "fcn32s", "fpn", "linknet",
-           "unet"]
+           "segformer", "unet"]

@@ -38,6 +38,7 @@ import keras
 
 from fcnseg.models import weights as pretrained
 from fcnseg.models.layers import CaffePreprocess, ImageNetNormalize
+from fcnseg.models.mit import MIT_VARIANTS, mit_encoder
 from fcnseg.models.resnet import RESNET_DEPTHS, resnet_encoder
 from fcnseg.models.vgg import apply_vgg16
 
@@ -158,7 +159,21 @@ ENCODERS: dict[str, Encoder] = {
     "efficientnet_b2": _efficientnet(2, (96, 144, 288, 720, 1408)),
     "efficientnet_b3": _efficientnet(3, (144, 192, 288, 816, 1536)),
     "efficientnet_b4": _efficientnet(4, (144, 192, 336, 960, 1792)),
+    # MiT (SegFormer's Mix Transformer, keras-hub's layers): no stride-2 features (channels 0, tap ""),
+    # so decoders that need stride 2 must leave it out (see encoder_strides); the other taps are the
+    # four outputs of the encoder's one layer, "mit". ``width`` scales its embedding dims; SegFormer
+    # normalises with the ImageNet mean/std (mmsegmentation's config).
+    **{name: Encoder(mit_encoder, ("", "mit:0", "mit:1", "mit:2", "mit:3"),
+                     (0, *MIT_VARIANTS[name][0]), "torch",
+                     f"none in keras-hub (its MiT presets are SegFormer-trained: --encoder-weights {name}_ade20k_512)",
+                     f"{name}_ade20k_512", True)
+       for name in MIT_VARIANTS},
 }
+
+
+def encoder_strides(name: str) -> tuple[int, ...]:
+    """The strides encoder ``name`` gives features at (MiT has none at 2)."""
+    return tuple(s for s, c in zip(STRIDES, ENCODERS[name].channels) if c)
 
 
 def build_encoder(name: str, width: float = 1.0, weights: str | None = None) -> keras.Model:
@@ -197,8 +212,9 @@ def preprocessing(name: str, layer_name: str = "preprocess") -> keras.layers.Lay
 
 
 def encoder_features(encoder: keras.Model, x) -> dict:
-    """``encoder`` applied to ``x``, as ``{stride: features}`` for strides 2 .. 32."""
-    return dict(zip(STRIDES, encoder(x)))
+    """``encoder`` applied to ``x``, as ``{stride: features}`` for strides 2 .. 32 (4 .. 32 for MiT)."""
+    outputs = encoder(x)
+    return dict(zip(STRIDES[len(STRIDES) - len(outputs):], outputs))
 
 
 def encoder_layers(model: keras.Model) -> list:

@@ -1,0 +1,246 @@
+"""SegFormer: the MiT encoder and the all-MLP decoder, and keras-hub's SegFormer presets as checkpoints.
+
+Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation
+with Transformers", NeurIPS 2021 (arXiv:2105.15203), sec. 3.2: each of the
+four MiT stages is projected to C channels by a linear layer, upsampled to
+stride 4, concatenated, fused by a 1x1 conv (BN, ReLU) and classified by a
+1x1 conv; the stride-4 logits are upsampled x4 (bilinear) to the image.
+Layer for layer this is keras-hub's ``SegFormerBackbone`` +
+``SegFormerImageSegmenter`` (deepest stage first in the concat, dropout 0.1
+before the classifier, C = 256 for every variant as keras-hub's presets have
+it; the paper uses 768 for B2-B5), so :func:`import_preset` can copy a
+keras-hub preset's weights in one to one.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+
+from keras import ops
+
+from fcnseg.models.blocks import conv_bn_relu
+from fcnseg.models.encoders import build_encoder, encoder_features, preprocessing
+from fcnseg.models.layers import CropToReference, PadToMultiple, scaled
+from fcnseg.models.mit import (MIT_CONFIG_KEYS, MIT_VARIANTS, encoder_from_config, keras_hub_module, load_hub_preset,
+                               mit_config)
+
+# keras-hub's projection_filters in every SegFormer preset (B0..B5).
+DECODER_FILTERS = 256
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class BilinearUpsample(keras.layers.Layer):
+    """x``factor`` bilinear upsampling with half-pixel centres (``tf.image.resize``'s and keras-hub's
+    ``Resizing``), from slices and weighted sums.
+
+    ``keras.layers.UpSampling2D`` and ``keras.ops.image.resize`` cannot be traced on maps of
+    unknown height and width (``ops.image.resize`` tests ``size[0] <= 0`` in Python), which
+    ``fcnseg predict``'s ``tf.function`` and the exports need. Output pixel ``f * j + p`` reads
+    input ``j + d`` with ``d = (p + 0.5) / f - 0.5``: a blend of ``j`` and its neighbour, the
+    border pixel repeated past the edges, exactly as the resize kernel clamps.
+    """
+
+    def __init__(self, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def _axis(self, x, axis: int):
+        n = ops.shape(x)[axis]
+        first = ops.take(x, ops.arange(0, 1), axis=axis)
+        last = ops.take(x, ops.arange(n - 1, n), axis=axis)
+        previous = ops.concatenate([first, ops.take(x, ops.arange(0, n - 1), axis=axis)], axis=axis)
+        following = ops.concatenate([ops.take(x, ops.arange(1, n), axis=axis), last], axis=axis)
+        phases = []
+        for p in range(self.factor):
+            d = (p + 0.5) / self.factor - 0.5
+            phases.append(x * (1 - abs(d)) + (previous if d < 0 else following) * abs(d))
+        y = ops.stack(phases, axis=axis + 1)
+        shape = ops.shape(x)
+        new = [shape[i] for i in range(4)]
+        new[axis] = n * self.factor
+        return ops.reshape(y, new)
+
+    def call(self, x):
+        return self._axis(self._axis(x, 1), 2)
+
+    def compute_output_shape(self, input_shape):
+        def up(d):
+            return None if d is None else d * self.factor
+
+        return (input_shape[0], up(input_shape[1]), up(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+def segformer(num_classes: int, encoder: str = "mit_b0", encoder_weights: str | None = None,
+              width: float = 1.0) -> keras.Model:
+    """SegFormer on MiT variant ``encoder``.
+
+    Parameters equal keras-hub's ``SegFormerImageSegmenter`` on the same
+    ``MiTBackbone`` with ``projection_filters=256`` (3,714,656 + the
+    classifier for MiT-B0; ``tests/test_segformer.py`` builds both).
+
+    Args:
+        num_classes: number of output channels (logits).
+        encoder: ``mit_b0`` .. ``mit_b5``.
+        encoder_weights: ``None``, a keras-hub MiT preset name or a local
+            preset directory (:func:`fcnseg.models.mit.mit_encoder`).
+        width: multiplier on the MiT embedding dims and the decoder's C.
+
+    Returns:
+        ``keras.Model`` named ``segformer_<encoder>`` from float32 RGB 0..255
+        (B, H, W, 3) to float32 logits (B, H, W, num_classes), any H, W.
+
+    Example:
+        >>> model = segformer(12, "mit_b0", width=0.25)
+        >>> model(np.zeros((1, 37, 53, 3), "float32")).shape
+        TensorShape([1, 37, 53, 12])
+    """
+    if encoder not in MIT_VARIANTS:
+        raise ValueError(f"--model segformer cannot take --encoder {encoder}; its encoders are: "
+                         f"{', '.join(MIT_VARIANTS)}")
+    backbone = build_encoder(encoder, width, encoder_weights)
+    return assemble(backbone, num_classes, scaled(DECODER_FILTERS, width), preprocessing(encoder),
+                    f"segformer_{encoder}")
+
+
+def assemble(backbone: keras.Model, num_classes: int, filters: int, preprocess: keras.layers.Layer,
+             name: str) -> keras.Model:
+    """The SegFormer model around a MiT encoder model (strides 4..32) and a preprocessing layer."""
+    inputs = keras.Input((None, None, 3), name="image")
+    x = preprocess(inputs)
+    x = PadToMultiple(32, name="pad")(x)
+    feats = encoder_features(backbone, x)
+    # On a multiple of 32 every stage is exactly stride-s, so upsampling by s / 4 is keras-hub's
+    # Resizing to the stride-4 map's size.
+    levels = []
+    for i, stride in enumerate((4, 8, 16, 32), 1):
+        y = keras.layers.Dense(filters, name=f"linear_c{i}")(feats[stride])
+        levels.append(BilinearUpsample(stride // 4, name=f"linear_c{i}_up")(y) if stride > 4 else y)
+    x = keras.layers.Concatenate(name="concat")(levels[::-1])
+    x = conv_bn_relu(x, filters, 1, "linear_fuse")
+    x = keras.layers.Dropout(0.1, name="dropout")(x)
+    x = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
+    x = BilinearUpsample(4, name="upsample")(x)
+    x = CropToReference(name="crop")([x, inputs])
+    outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+# --- keras-hub presets -> fcnseg checkpoints --------------------------------------------------------
+
+
+def _variant(config: dict) -> str:
+    """The MiT variant (at width 1 if one fits, else at some width) whose :func:`mit_config` is
+    ``config``; "mit_custom" when none is."""
+    mine = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in config.items() if k in MIT_CONFIG_KEYS}
+    widths = [(name, config["hidden_dims"][-1] / dims[-1]) for name, (dims, _) in MIT_VARIANTS.items()]
+    for name, width in sorted(widths, key=lambda nw: nw[1] != 1.0):
+        if mit_config(name, width) == mine:
+            return name
+    return "mit_custom"
+
+
+def _converter_layer(converter) -> keras.layers.Layer:
+    """keras-hub's image converter's rescaling (x * scale + offset), from RGB 0..255, as a Keras layer."""
+    scale = 1.0 if converter is None or converter.scale is None else converter.scale
+    offset = 0.0 if converter is None or converter.offset is None else converter.offset
+    return keras.layers.Rescaling(scale, offset, name="preprocess")
+
+
+def from_hub_segmenter(segmenter) -> keras.Model:
+    """fcnseg's SegFormer holding the weights of a keras-hub ``SegFormerImageSegmenter``.
+
+    The image converter's rescaling moves into the model, so it takes RGB
+    0..255 like every fcnseg model; its logits equal ``segmenter(converter(x))``
+    on an image whose sides are multiples of 32.
+    """
+    hub_backbone = segmenter.backbone
+    mit = hub_backbone.image_encoder
+    config = mit.get_config()
+    variant = _variant(config)
+    encoder = encoder_from_config(variant, config, donor=mit)
+    converter = getattr(segmenter.preprocessor, "image_converter", None)
+    model = assemble(encoder, segmenter.num_classes, hub_backbone.projection_filters, _converter_layer(converter),
+                     f"segformer_{variant}")
+    for i, dense in enumerate(hub_backbone.mlp_blocks, 1):
+        model.get_layer(f"linear_c{i}").set_weights(dense.get_weights())
+    fuse_conv, fuse_bn = hub_backbone.linear_fuse.layers[:2]
+    model.get_layer("linear_fuse_conv").set_weights(fuse_conv.get_weights())
+    model.get_layer("linear_fuse_bn").set_weights(fuse_bn.get_weights())
+    model.get_layer("classifier").set_weights(segmenter.output_segmentation_head.get_weights())
+    return model
+
+
+def preset_classes(preset: str, num_classes: int, dataset: str = "auto"):
+    """(source name, ClassTable) for a preset: Cityscapes' 19 train ids, ADE20K's 150, or generic names.
+
+    ``dataset="auto"`` reads the dataset from the preset's name (or its folder's name).
+    """
+    from fcnseg.classes import table
+    from fcnseg.errors import FcnsegError
+
+    if dataset == "auto":
+        base = os.path.basename(os.path.normpath(preset)).lower()
+        dataset = "cityscapes" if "cityscapes" in base else "ade20k" if "ade20k" in base else "generic"
+    if dataset == "cityscapes":
+        from fcnseg.sources.cityscapes import CLASSES as table_ref
+    elif dataset == "ade20k":
+        from fcnseg.models.ade20k import ade20k_classes
+
+        table_ref = ade20k_classes()
+    else:
+        # Distinct colours from a fixed hue walk, so predictions stay readable.
+        rows = [(f"class_{i}", i, i, ((i * 97) % 256, (i * 57 + 80) % 256, (i * 151 + 160) % 256))
+                for i in range(num_classes)]
+        return "generic", table(rows)
+    if table_ref.num_classes != num_classes:
+        raise FcnsegError(f"{preset} predicts {num_classes} classes, not {dataset}'s {table_ref.num_classes}: "
+                          "pass --classes generic")
+    return dataset, table_ref
+
+
+def import_preset(preset: str, output: str, dataset: str = "auto", overwrite: bool = False) -> dict:
+    """Write keras-hub SegFormer preset ``preset`` (a name or a local preset directory) as the
+    fcnseg checkpoint ``output`` that ``fcnseg predict/evaluate/export`` take.
+
+    Args:
+        preset: keras-hub preset name or local preset directory.
+        output: the ``.keras`` file to write (atomically; an existing one only with ``overwrite``).
+        dataset: ``auto`` (from the preset's name), ``cityscapes``, ``ade20k`` or ``generic``.
+        overwrite: replace an existing ``output``.
+
+    Returns:
+        the checkpoint's metadata (model name, source with class table and the preset's image size).
+
+    Raises:
+        fcnseg.errors.FcnsegError: one line; offline with a preset name, it names the
+            local-directory route.
+
+    Example:
+        >>> import_preset("segformer_b0_cityscapes_1024", "segformer_b0_cityscapes.keras")
+    """
+    from fcnseg import checkpoint
+    from fcnseg.errors import FcnsegError
+    from fcnseg.models.weights import WeightsError
+
+    if os.path.exists(output) and not overwrite:
+        raise FcnsegError(f"{output} exists: pass --overwrite to replace it")
+    try:
+        hub = keras_hub_module(f"fcnseg import-preset {preset}")
+        segmenter = load_hub_preset(hub.models.SegFormerImageSegmenter, preset, "SegFormer")
+    except WeightsError as e:
+        raise FcnsegError(str(e).replace("then pass DIR", "then pass DIR as PRESET")) from None
+    model = from_hub_segmenter(segmenter)
+    name, classes = preset_classes(preset, segmenter.num_classes, dataset)
+    converter = getattr(segmenter.preprocessor, "image_converter", None)
+    size = converter.image_size if converter is not None and converter.image_size else None
+    height, width = size or segmenter.backbone.image_encoder.image_shape[:2]
+    meta = {"model": model.name, "encoder": model.name.removeprefix("segformer_"),
+            "source": {"name": name, "image_size": [int(width), int(height)], "classes": classes.to_json()},
+            "keras_hub_preset": preset}
+    checkpoint.save(model, output, meta)
+    return meta
