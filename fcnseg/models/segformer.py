@@ -18,9 +18,8 @@ import os
 
 import keras
 
-from keras import ops
 
-from fcnseg.models.blocks import conv_bn_relu
+from fcnseg.models.blocks import BilinearUpsample, conv_bn_relu
 from fcnseg.models.encoders import build_encoder, encoder_features, preprocessing
 from fcnseg.models.layers import CropToReference, PadToMultiple, scaled
 from fcnseg.models.mit import (MIT_CONFIG_KEYS, MIT_VARIANTS, encoder_from_config, keras_hub_module, load_hub_preset,
@@ -28,51 +27,6 @@ from fcnseg.models.mit import (MIT_CONFIG_KEYS, MIT_VARIANTS, encoder_from_confi
 
 # keras-hub's projection_filters in every SegFormer preset (B0..B5).
 DECODER_FILTERS = 256
-
-
-@keras.saving.register_keras_serializable(package="fcnseg")
-class BilinearUpsample(keras.layers.Layer):
-    """x``factor`` bilinear upsampling with half-pixel centres (``tf.image.resize``'s and keras-hub's
-    ``Resizing``), from slices and weighted sums.
-
-    ``keras.layers.UpSampling2D`` and ``keras.ops.image.resize`` cannot be traced on maps of
-    unknown height and width (``ops.image.resize`` tests ``size[0] <= 0`` in Python), which
-    ``fcnseg predict``'s ``tf.function`` and the exports need. Output pixel ``f * j + p`` reads
-    input ``j + d`` with ``d = (p + 0.5) / f - 0.5``: a blend of ``j`` and its neighbour, the
-    border pixel repeated past the edges, exactly as the resize kernel clamps.
-    """
-
-    def __init__(self, factor: int, **kwargs):
-        super().__init__(**kwargs)
-        self.factor = factor
-
-    def _axis(self, x, axis: int):
-        n = ops.shape(x)[axis]
-        first = ops.take(x, ops.arange(0, 1), axis=axis)
-        last = ops.take(x, ops.arange(n - 1, n), axis=axis)
-        previous = ops.concatenate([first, ops.take(x, ops.arange(0, n - 1), axis=axis)], axis=axis)
-        following = ops.concatenate([ops.take(x, ops.arange(1, n), axis=axis), last], axis=axis)
-        phases = []
-        for p in range(self.factor):
-            d = (p + 0.5) / self.factor - 0.5
-            phases.append(x * (1 - abs(d)) + (previous if d < 0 else following) * abs(d))
-        y = ops.stack(phases, axis=axis + 1)
-        shape = ops.shape(x)
-        new = [shape[i] for i in range(4)]
-        new[axis] = n * self.factor
-        return ops.reshape(y, new)
-
-    def call(self, x):
-        return self._axis(self._axis(x, 1), 2)
-
-    def compute_output_shape(self, input_shape):
-        def up(d):
-            return None if d is None else d * self.factor
-
-        return (input_shape[0], up(input_shape[1]), up(input_shape[2]), input_shape[3])
-
-    def get_config(self):
-        return {**super().get_config(), "factor": self.factor}
 
 
 def segformer(num_classes: int, encoder: str = "mit_b0", encoder_weights: str | None = None,
