@@ -1,4 +1,5 @@
-"""Segmentation models: FCN-8s/16s/32s (VGG16) and LinkNet (any encoder of the table).
+"""Segmentation models: FCN-8s/16s/32s (VGG16), LinkNet (any encoder of the table), and
+PSPNet, DeepLabv3+ and FCN-ResNet (``fcn``) on dilated ResNets.
 
 Every builder returns a ``keras.Model`` from float32 RGB 0..255 images
 (B, H, W, 3) to float32 logits (B, H, W, num_classes) for any H and W, and
@@ -9,8 +10,13 @@ takes ``encoder`` (a key of ``fcnseg.models.encoders.ENCODERS`` that
 from fcnseg.models.encoders import ENCODERS
 from fcnseg.models.fcn import fcn8s, fcn16s, fcn32s
 from fcnseg.models.linknet import linknet
+from fcnseg.models.deeplabv3plus import deeplabv3plus
+from fcnseg.models.dilated_fcn import dilated_fcn
+from fcnseg.models.pspnet import pspnet
 
 MODELS = {"fcn8s": fcn8s, "fcn16s": fcn16s, "fcn32s": fcn32s, "linknet": linknet}
+# Dilated-encoder decoders (PSPNet, DeepLabv3+, FCN-ResNet); "fcn" is torchvision's FCN-ResNet50/101.
+MODELS.update({"pspnet": pspnet, "deeplabv3plus": deeplabv3plus, "fcn": dilated_fcn})
 
 # The encoders each model can take, its default first. FCN is the paper's VGG16 net (its fc6/fc7
 # are VGG16's classifier), so it takes no other.
@@ -18,6 +24,11 @@ MODEL_ENCODERS: dict[str, tuple[str, ...]] = {
     "fcn8s": ("vgg16",), "fcn16s": ("vgg16",), "fcn32s": ("vgg16",),
     "linknet": ("resnet18", *(name for name in ENCODERS if name != "resnet18")),
 }
+# The dilated-encoder decoders take the encoders that can be built at their output stride.
+MODEL_ENCODERS.update({
+    model: ("resnet50", *(name for name, row in ENCODERS.items() if stride in row.output_strides and name != "resnet50"))
+    for model, stride in (("pspnet", 8), ("deeplabv3plus", 16), ("fcn", 8))
+})
 
 
 def encoder_refusal(model: str, encoder: str | None) -> str | None:
@@ -28,4 +39,5 @@ def encoder_refusal(model: str, encoder: str | None) -> str | None:
     return f"--model {model} cannot take --encoder {encoder}; its encoders are: {', '.join(valid)}"
 
 
-__all__ = ["ENCODERS", "MODELS", "MODEL_ENCODERS", "encoder_refusal", "fcn8s", "fcn16s", "fcn32s", "linknet"]
+__all__ = ["ENCODERS", "MODELS", "MODEL_ENCODERS", "encoder_refusal", "fcn8s", "fcn16s", "fcn32s", "linknet",
+           "pspnet", "deeplabv3plus", "dilated_fcn"]
