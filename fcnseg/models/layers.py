@@ -322,12 +322,15 @@ class ResizeToReference(keras.layers.Layer):
     i.e. PyTorch's ``interpolate(..., mode="bilinear", align_corners=False)``.
     A 1x1 ``x`` (global pooling) is broadcast. The size is read at run time,
     so it works with H/W unknown when the graph is traced and under JAX.
+    Resizes in float32: TensorFlow's float16 bilinear resize has a gradient of
+    mixed precision that XLA (``--jit``) rejects.
     """
 
     def call(self, inputs):
         x, reference = inputs
         size = ops.shape(reference)[1:3]
-        return ops.cast(ops.image.resize(x, (size[0], size[1]), interpolation="bilinear"), x.dtype)
+        resized = ops.image.resize(ops.cast(x, "float32"), (size[0], size[1]), interpolation="bilinear")
+        return ops.cast(resized, x.dtype)
 
     def compute_output_shape(self, input_shapes):
         x_shape, ref_shape = input_shapes
