@@ -162,7 +162,8 @@ def train_option(*decls: str, help: str = "", **kwargs):
 @source_options
 @train_option("--model", "model", help="Architecture.")
 @train_option("--encoder", "encoder", help="Encoder (backbone); default: the model's own (linknet: resnet18, "
-                                           "fcn*: vgg16, the only one FCN takes).")
+                                           "fcn8s/16s/32s: vgg16, the only one they take; pspnet, "
+                                           "deeplabv3plus, fcn: resnet50).")
 @train_option("--encoder-weights", "encoder_weights",
               help="'imagenet' (keras.applications, or keras-hub for resnet18/34: pip install \"fcnseg[hub]\") "
                    "or a local Keras weights file, saved keras.applications model or keras-hub preset folder.")
