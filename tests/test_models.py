@@ -311,6 +311,7 @@ def test_output_shape_any_size(tiny_models, name, size):
 def test_model_names():
     assert {n: _tiny(n).name for n in MODELS} == {
         "fcn8s": "fcn8s", "fcn16s": "fcn16s", "fcn32s": "fcn32s", "linknet": "linknet_resnet18",
+        "pspnet": "pspnet_resnet50", "deeplabv3plus": "deeplabv3plus_resnet50", "fcn": "fcn_resnet50",
     }
     assert linknet(3, encoder="resnet34", width=TINY).name == "linknet_resnet34"
 
