@@ -321,7 +321,8 @@ def test_float32_logits_under_mixed_precision(name):
     keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     try:
         model = _tiny(name)
-        assert model.get_layer("fc7" if name.startswith("fcn") else "final_conv").compute_dtype == "bfloat16"
+        inner = {"fcn8s": "fc7", "fcn16s": "fc7", "fcn32s": "fc7", "linknet": "final_conv"}.get(name, "classifier")
+        assert model.get_layer(inner).compute_dtype == "bfloat16"
         y = model(_images(33, 47, batch=1))
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
