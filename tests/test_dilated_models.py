@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from fcnseg.models import MODEL_ENCODERS, MODELS, encoder_refusal
-from fcnseg.models.layers import AdaptiveAveragePooling2D, ResizeToReference
+from fcnseg.models.layers import AdaptiveAveragePooling2D, BilinearUpsample, ResizeToReference
 
 ROOT = Path(__file__).resolve().parents[1]
 DILATED = ("pspnet", "deeplabv3plus", "fcn")
@@ -74,6 +74,11 @@ def test_adaptive_pooling_and_resize_match_pytorch_definitions_at_odd_sizes(bins
     ref = keras.Input((None, None, 3))
     up = keras.Model([inp, ref], ResizeToReference()([inp, ref]))([pooled, x])
     np.testing.assert_allclose(np.asarray(up), _bilinear_reference(pooled, 7, 11), atol=1e-5)
+    # The fixed-factor upsampling the decoders end with: the same sampling as UpSampling2D's bilinear.
+    twice = keras.Model(inp, BilinearUpsample(4)(inp))(x)
+    np.testing.assert_allclose(np.asarray(twice), _bilinear_reference(x, 28, 44), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(twice), np.asarray(keras.layers.UpSampling2D(4, interpolation="bilinear")(x)),
+                               atol=1e-5)
 
 
 # --- any size, the encoders each takes -----------------------------------------------------------
@@ -87,6 +92,20 @@ def test_logits_at_the_input_size_for_odd_sizes(name):
         y = np.asarray(model(_images(h, w)))
         assert y.shape == (1, h, w, 5) and y.dtype == np.float32 and np.isfinite(y).all()
         assert y.std() > 0
+
+
+@pytest.mark.parametrize("name", DILATED)
+def test_traces_with_unknown_height_and_width(name):
+    """SavedModel and ONNX export trace the model with H and W unknown: every resize must read its size
+    at run time (Keras's bilinear UpSampling2D and ops.image.resize failed here)."""
+    import tensorflow as tf
+
+    model = MODELS[name](3, "resnet18", width=WIDTH)
+    serve = tf.function(lambda images: model(images, training=False),
+                        input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)])
+    concrete = serve.get_concrete_function()
+    x = _images(37, 53)
+    np.testing.assert_allclose(concrete(tf.constant(x)).numpy(), np.asarray(model(x)), atol=1e-4)
 
 
 @pytest.mark.parametrize("name", DILATED)

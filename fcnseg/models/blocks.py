@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import keras
 
-from fcnseg.models.layers import FusedBatchNormalization, TORCH_BN
+from fcnseg.models.layers import BilinearUpsample, FusedBatchNormalization, TORCH_BN
 
 
 def conv_bn_relu(x, filters: int, kernel_size: int, name: str, *, strides: int = 1, dilation_rate: int = 1,
@@ -47,6 +47,11 @@ def conv_bn_relu(x, filters: int, kernel_size: int, name: str, *, strides: int =
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-def upsample(x, factor: int, name: str):
-    """Bilinear x``factor`` upsampling (the decoders' "interpolate" step)."""
-    return keras.layers.UpSampling2D(factor, interpolation="bilinear", name=name)(x)
+def upsample(x, factor: int, name: str, dtype: str | None = None):
+    """Bilinear x``factor`` upsampling (the decoders' "interpolate" step).
+
+    :class:`fcnseg.models.layers.BilinearUpsample`, not Keras's ``UpSampling2D``: that one cannot
+    be exported with H and W unknown (SavedModel, ONNX). ``dtype="float32"`` for logits under
+    mixed precision.
+    """
+    return BilinearUpsample(factor, name=name, dtype=dtype)(x)

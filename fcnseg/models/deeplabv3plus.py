@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import keras
 
-from fcnseg.models.blocks import conv_bn_relu
+from fcnseg.models.blocks import conv_bn_relu, upsample
 from fcnseg.models.encoders import build_encoder, encoder_features, preprocessing
 from fcnseg.models.layers import CropToReference, PadToMultiple, ResizeToReference, scaled
 
@@ -80,10 +80,7 @@ def deeplabv3plus(num_classes: int, encoder: str = "resnet50", encoder_weights: 
     x = keras.layers.Concatenate(name="decoder_concat")([x, low])
     x = conv_bn_relu(x, filters, 3, "decoder_sepconv", separable=True)
     x = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
-    # Logits upsampled in float32: under mixed_float16 with --jit, a float16 bilinear resize after
-    # the classifier gives XLA gradients of mixed precision ("Seen floating point types of different
-    # precisions"), and float32 is where the logits go anyway.
-    x = keras.layers.UpSampling2D(4, interpolation="bilinear", dtype="float32", name="upsample")(x)
+    x = upsample(x, 4, "upsample", dtype="float32")  # logits: float32 under mixed precision
     x = CropToReference(name="crop")([x, inputs])
     outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name=f"deeplabv3plus_{encoder}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import keras
 
-from fcnseg.models.blocks import conv_bn_relu
+from fcnseg.models.blocks import conv_bn_relu, upsample
 from fcnseg.models.encoders import ENCODERS, build_encoder, encoder_features, preprocessing
 from fcnseg.models.layers import CropToReference, PadToMultiple, scaled
 
@@ -55,10 +55,7 @@ def dilated_fcn(num_classes: int, encoder: str = "resnet50", encoder_weights: st
     x = conv_bn_relu(x, scaled(ENCODERS[encoder].channels[-1] // 4, width), 3, "head")
     x = keras.layers.Dropout(0.1, name="dropout")(x)
     x = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
-    # Logits upsampled in float32: under mixed_float16 with --jit, a float16 bilinear resize after
-    # the classifier gives XLA gradients of mixed precision ("Seen floating point types of different
-    # precisions"), and float32 is where the logits go anyway.
-    x = keras.layers.UpSampling2D(OUTPUT_STRIDE, interpolation="bilinear", dtype="float32", name="upsample")(x)
+    x = upsample(x, OUTPUT_STRIDE, "upsample", dtype="float32")  # logits: float32 under mixed precision
     x = CropToReference(name="crop")([x, inputs])
     outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name=f"fcn_{encoder}")

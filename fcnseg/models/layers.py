@@ -314,24 +314,68 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
         return {**super().get_config(), "bins": self.bins}
 
 
+def _bilinear_matrix(size_in, size_out):
+    """(size_out, size_in) float32 weights of half-pixel bilinear sampling, edges clamped."""
+    scale = ops.cast(size_in, "float32") / ops.cast(size_out, "float32")
+    src = (ops.arange(size_out, dtype="float32") + 0.5) * scale - 0.5
+    src = ops.clip(src, 0.0, ops.cast(size_in - 1, "float32"))
+    low = ops.floor(src)
+    frac = (src - low)[:, None]
+    low = ops.cast(low, "int32")[:, None]
+    high = ops.minimum(low + 1, size_in - 1)
+    index = ops.arange(size_in, dtype="int32")[None, :]
+    return (1.0 - frac) * ops.cast(index == low, "float32") + frac * ops.cast(index == high, "float32")
+
+
 @keras.saving.register_keras_serializable(package="fcnseg")
 class ResizeToReference(keras.layers.Layer):
     """Bilinear resize of ``x`` to the height and width of ``reference``, any size.
 
     Called as ``ResizeToReference()([x, reference])``; half-pixel sampling,
     i.e. PyTorch's ``interpolate(..., mode="bilinear", align_corners=False)``.
-    A 1x1 ``x`` (global pooling) is broadcast. The size is read at run time,
-    so it works with H/W unknown when the graph is traced and under JAX.
-    Resizes in float32: TensorFlow's float16 bilinear resize has a gradient of
-    mixed precision that XLA (``--jit``) rejects.
+    A 1x1 ``x`` (global pooling) is broadcast. Written as two interpolation
+    matrices built from the runtime shapes (not ``ops.image.resize``, whose
+    size must be known when a SavedModel/ONNX export traces the model with
+    H and W unknown), so it also runs under JAX. Float32 weights: a float16
+    bilinear resize in TensorFlow has a mixed-precision gradient XLA rejects.
     """
 
     def call(self, inputs):
         x, reference = inputs
-        size = ops.shape(reference)[1:3]
-        resized = ops.image.resize(ops.cast(x, "float32"), (size[0], size[1]), interpolation="bilinear")
-        return ops.cast(resized, x.dtype)
+        shape, size = ops.shape(x), ops.shape(reference)
+        rows = _bilinear_matrix(shape[1], size[1])
+        cols = _bilinear_matrix(shape[2], size[2])
+        return ops.cast(ops.einsum("ih,bhwc,jw->bijc", rows, ops.cast(x, "float32"), cols), x.dtype)
 
     def compute_output_shape(self, input_shapes):
         x_shape, ref_shape = input_shapes
         return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class BilinearUpsample(keras.layers.Layer):
+    """Bilinear x``factor`` upsampling (half-pixel, as ``UpSampling2D(interpolation="bilinear")``).
+
+    Keras's ``UpSampling2D`` bilinear cannot be traced with H and W unknown (SavedModel and ONNX
+    export fail with "Using a symbolic tf.Tensor as a Python bool"), and its float16 gradient is
+    one XLA rejects; this builds the same interpolation as :class:`ResizeToReference` does.
+    """
+
+    def __init__(self, factor: int, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        shape = ops.shape(x)
+        rows = _bilinear_matrix(shape[1], shape[1] * self.factor)
+        cols = _bilinear_matrix(shape[2], shape[2] * self.factor)
+        return ops.cast(ops.einsum("ih,bhwc,jw->bijc", rows, ops.cast(x, "float32"), cols), x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        def up(d):
+            return None if d is None else d * self.factor
+
+        return (input_shape[0], up(input_shape[1]), up(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}

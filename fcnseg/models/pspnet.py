@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import keras
 
-from fcnseg.models.blocks import conv_bn_relu
+from fcnseg.models.blocks import conv_bn_relu, upsample
 from fcnseg.models.encoders import ENCODERS, build_encoder, encoder_features, preprocessing
 from fcnseg.models.layers import AdaptiveAveragePooling2D, CropToReference, PadToMultiple, ResizeToReference, scaled
 
@@ -84,10 +84,7 @@ def pspnet(num_classes: int, encoder: str = "resnet50", encoder_weights: str | N
     x = conv_bn_relu(x, channels, 3, "bottleneck")
     x = keras.layers.Dropout(0.1, name="dropout")(x)
     x = keras.layers.Conv2D(num_classes, 1, name="classifier")(x)
-    # Logits upsampled in float32: under mixed_float16 with --jit, a float16 bilinear resize after
-    # the classifier gives XLA gradients of mixed precision ("Seen floating point types of different
-    # precisions"), and float32 is where the logits go anyway.
-    x = keras.layers.UpSampling2D(OUTPUT_STRIDE, interpolation="bilinear", dtype="float32", name="upsample")(x)
+    x = upsample(x, OUTPUT_STRIDE, "upsample", dtype="float32")  # logits: float32 under mixed precision
     x = CropToReference(name="crop")([x, inputs])
     outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name=f"pspnet_{encoder}")
