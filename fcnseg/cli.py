@@ -174,7 +174,7 @@ def train_option(*decls: str, help: str = "", **kwargs):
 @source_options
 @train_option("--model", "model", help="Architecture (`fcnseg models` lists each with its encoders).")
 @train_option("--encoder", "encoder", help="Encoder (backbone); default: the model's own, the first that "
-                                           "`fcnseg models` lists for it (linknet: resnet18, fcn*: vgg16).")
+                                           "`fcnseg models` lists for it (linknet: resnet18, fcn8s/16s/32s: vgg16, unet/fpn: resnet34, pspnet/deeplabv3plus/fcn: resnet50, segformer: mit_b0).")
 @train_option("--encoder-weights", "encoder_weights",
               help="'imagenet' (keras.applications, or keras-hub for resnet18/34: pip install \"fcnseg[hub]\") "
                    "or a local Keras weights file, saved keras.applications model or keras-hub preset folder.")

@@ -380,3 +380,73 @@ def test_encoder_lr_mult_zero_keeps_the_encoder_in_training(tmp_path):
                            np.asarray(enc_then.get_layer("conv1_bn").moving_mean))
     assert not np.allclose(trained.get_layer("final_conv").get_weights()[0],
                            initial.get_layer("final_conv").get_weights()[0])
+
+
+# --- output stride (dilated ResNets) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_dilated_encoder_features_sit_at_feature_strides(name, output_stride):
+    """Keys stay the nominal levels 2..32; the maps are input / feature_strides(os)[key] in size, with
+    the same channels (and the same weights: dilation changes no shape) as at output stride 32."""
+    from fcnseg.models.encoders import feature_strides
+
+    assert feature_strides(output_stride) == {2: 2, 4: 4, 8: 8, 16: min(16, output_stride), 32: output_stride}
+    encoder = build_encoder(name, TINY, output_stride=output_stride)
+    plain = build_encoder(name, TINY)
+    h, w = 64, 48
+    x = _images(h, w)
+    for (level, stride), f, g in zip(feature_strides(output_stride).items(), encoder(x), plain(x)):
+        assert tuple(f.shape) == (1, h // stride, w // stride, g.shape[-1]), (name, level)
+    assert [v.shape for v in encoder.weights] == [v.shape for v in plain.weights]
+
+
+def test_dilation_schedule_is_torchvisions_replace_stride_with_dilation():
+    """Per block of the last two stages, (stride, dilation of the 3x3 conv) as torchvision's
+    resnet50(replace_stride_with_dilation=...) builds them, at output strides 16 and 8."""
+    from fcnseg.models.resnet import stage_dilations
+
+    assert stage_dilations(32) == ((1, 1, 1), (2, 1, 1), (2, 1, 1), (2, 1, 1))
+    # torchvision's _make_layer: a dilated stage drops its stride; its first block keeps the previous
+    # dilation, the others use previous * 2 (resnet50 at OS 8: layer3 1,2,2..; layer4 2,4,4).
+    assert stage_dilations(16) == ((1, 1, 1), (2, 1, 1), (2, 1, 1), (1, 1, 2))
+    assert stage_dilations(8) == ((1, 1, 1), (2, 1, 1), (1, 1, 2), (1, 2, 4))
+    encoder = build_encoder("resnet50", output_stride=8)
+    got = {(stage, block): (encoder.get_layer(f"conv{stage}_block{block}_1_conv").strides[0],
+                            encoder.get_layer(f"conv{stage}_block{block}_2_conv").dilation_rate[0])
+           for stage, blocks in ((4, 6), (5, 3)) for block in range(1, blocks + 1)}
+    assert got == {(4, 1): (1, 1), **{(4, b): (1, 2) for b in range(2, 7)},
+                   (5, 1): (1, 2), (5, 2): (1, 4), (5, 3): (1, 4)}
+    small = build_encoder("resnet18", TINY, output_stride=8)
+    assert small.get_layer("stage3_block1_conv1").dilation_rate == (1, 1)
+    assert small.get_layer("stage3_block2_conv2").dilation_rate == (2, 2)
+    assert small.get_layer("stage4_block1_conv1").dilation_rate == (2, 2)
+    assert small.get_layer("stage4_block2_conv1").dilation_rate == (4, 4)
+    assert small.get_layer("stage4_block1_proj").strides == (1, 1)
+
+
+def test_dilated_keras_application_keeps_the_weights_it_was_given(tmp_path):
+    """The dilated ResNet50 is a clone of keras.applications' with every weight copied: a weights
+    file loads into it and gives the same tensors as into the library model."""
+    library = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(None, None, 3))
+    rng = np.random.default_rng(0)
+    for var in library.weights[:6] + library.weights[-6:]:
+        var.assign(rng.normal(size=var.shape).astype("float32"))
+    path = tmp_path / "resnet50.weights.h5"
+    library.save_weights(path)
+    encoder = build_encoder("resnet50", weights=str(path), output_stride=16)
+    by_name = {layer.name: layer for layer in encoder.layers}
+    for layer in (layer for layer in library.layers if layer.weights):
+        for a, b in zip(layer.weights, by_name[layer.name].weights, strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("name", ["vgg16", "mobilenet_v2", "efficientnet_b0"])
+def test_other_encoders_refuse_an_output_stride_in_one_line(name):
+    with pytest.raises(ValueError) as exc:
+        build_encoder(name, TINY, output_stride=16)
+    assert _one_line(exc, f"encoder {name}", "supports output stride 32", "not 16")
+    with pytest.raises(ValueError) as exc:
+        build_encoder("resnet18", TINY, output_stride=4)
+    assert _one_line(exc, "encoder resnet18", "32, 16, 8", "not 4")

@@ -312,6 +312,8 @@ def test_model_names():
     assert {n: _tiny(n).name for n in MODELS} == {
         "fcn8s": "fcn8s", "fcn16s": "fcn16s", "fcn32s": "fcn32s", "linknet": "linknet_resnet18",
         "unet": "unet_resnet34", "fpn": "fpn_resnet34",
+        "pspnet": "pspnet_resnet50", "deeplabv3plus": "deeplabv3plus_resnet50", "fcn": "fcn_resnet50",
+        "segformer": "segformer_mit_b0",
     }
     assert linknet(3, encoder="resnet34", width=TINY).name == "linknet_resnet34"
 

@@ -1,4 +1,5 @@
-"""Segmentation models: FCN-8s/16s/32s (VGG16); LinkNet, U-Net, FPN (any encoder of the table); SegFormer (MiT).
+"""Segmentation models: FCN-8s/16s/32s (VGG16); LinkNet, U-Net, FPN (any encoder of the table);
+PSPNet, DeepLabv3+ and FCN-ResNet (``fcn``) on dilated ResNets; SegFormer (MiT).
 
 Every builder returns a ``keras.Model`` from float32 RGB 0..255 images
 (B, H, W, 3) to float32 logits (B, H, W, num_classes) for any H and W, and
@@ -6,16 +7,20 @@ takes ``encoder`` (a key of ``fcnseg.models.encoders.ENCODERS`` that
 ``MODEL_ENCODERS`` allows for it), ``encoder_weights`` and ``width``.
 """
 
+from fcnseg.models.deeplabv3plus import deeplabv3plus
+from fcnseg.models.dilated_fcn import dilated_fcn
 from fcnseg.models.encoders import ENCODERS, encoder_strides
 from fcnseg.models.fcn import fcn8s, fcn16s, fcn32s
 from fcnseg.models.fpn import fpn
 from fcnseg.models.linknet import linknet
 from fcnseg.models.mit import MIT_VARIANTS
+from fcnseg.models.pspnet import pspnet
 from fcnseg.models.segformer import segformer
 from fcnseg.models.unet import unet
 
-MODELS = {"fcn8s": fcn8s, "fcn16s": fcn16s, "fcn32s": fcn32s, "linknet": linknet,
-          "unet": unet, "fpn": fpn, "segformer": segformer}
+# "fcn" is torchvision's FCN-ResNet50/101 (a dilated encoder), beside the paper's VGG16 FCN-8s/16s/32s.
+MODELS = {"fcn8s": fcn8s, "fcn16s": fcn16s, "fcn32s": fcn32s, "linknet": linknet, "unet": unet, "fpn": fpn,
+          "pspnet": pspnet, "deeplabv3plus": deeplabv3plus, "fcn": dilated_fcn, "segformer": segformer}
 
 # The encoders each model can take, its default first. FCN is the paper's VGG16 net (its fc6/fc7
 # are VGG16's classifier), so it takes no other.
@@ -29,6 +34,12 @@ MODEL_ENCODERS: dict[str, tuple[str, ...]] = {
     "fpn": ("resnet34", *(name for name in ENCODERS if name != "resnet34")),
     "segformer": tuple(MIT_VARIANTS),  # the all-MLP head reads MiT's four stages (no stride 2 in MiT)
 }
+# The dilated-encoder decoders take the encoders that can be built at their output stride.
+MODEL_ENCODERS.update({
+    model: ("resnet50", *(name for name, row in ENCODERS.items()
+                          if stride in row.output_strides and name != "resnet50"))
+    for model, stride in (("pspnet", 8), ("deeplabv3plus", 16), ("fcn", 8))
+})
 
 
 def encoder_refusal(model: str, encoder: str | None) -> str | None:
@@ -39,5 +50,5 @@ def encoder_refusal(model: str, encoder: str | None) -> str | None:
     return f"--model {model} cannot take --encoder {encoder}; its encoders are: {', '.join(valid)}"
 
 
-__all__ = ["ENCODERS", "MODELS", "MODEL_ENCODERS", "encoder_refusal", "fcn8s", "fcn16s", "fcn32s", "fpn", "linknet",
-           "segformer", "unet"]
+__all__ = ["ENCODERS", "MODELS", "MODEL_ENCODERS", "encoder_refusal", "deeplabv3plus", "dilated_fcn", "fcn8s",
+           "fcn16s", "fcn32s", "fpn", "linknet", "pspnet", "segformer", "unet"]

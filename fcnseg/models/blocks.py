@@ -90,6 +90,9 @@ class BilinearUpsample(keras.layers.Layer):
         return {**super().get_config(), "factor": self.factor}
 
 
-def upsample(x, factor: int, name: str):
-    """Bilinear x``factor`` upsampling (the decoders' "interpolate" step), any input size."""
-    return BilinearUpsample(factor, name=name)(x)
+def upsample(x, factor: int, name: str, dtype: str | None = None):
+    """Bilinear x``factor`` upsampling (the decoders' "interpolate" step), any input size.
+
+    ``dtype="float32"`` for logits under mixed precision.
+    """
+    return BilinearUpsample(factor, name=name, dtype=dtype)(x)

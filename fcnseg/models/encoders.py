@@ -24,6 +24,14 @@ Built three ways:
   ``keras.applications`` itself (``include_top=False``), tapped by layer
   name; ``width`` does not narrow these.
 
+Output stride: ``build_encoder(..., output_stride=16 or 8)`` dilates the last
+ResNet stages instead of striding them (torchvision's
+``replace_stride_with_dilation``; rows list what they support in
+``output_strides``). The feature dict keeps its nominal keys 2 .. 32 so a
+decoder is written once: with output stride 8, ``features[16]`` and
+``features[32]`` are both at stride 8 (:func:`feature_strides` gives the
+actual stride of each key).
+
 The encoder is one nested ``keras.Model`` named after the encoder, from the
 preprocessed, padded image to its five taps; :func:`encoder_layers` finds it
 in a built model (fine-tuning freezes it and scales its learning rate).
@@ -39,7 +47,7 @@ import keras
 from fcnseg.models import weights as pretrained
 from fcnseg.models.layers import CaffePreprocess, ImageNetNormalize
 from fcnseg.models.mit import MIT_VARIANTS, mit_encoder
-from fcnseg.models.resnet import RESNET_DEPTHS, resnet_encoder
+from fcnseg.models.resnet import RESNET_DEPTHS, resnet_encoder, stage_dilations
 from fcnseg.models.vgg import apply_vgg16
 
 STRIDES = (2, 4, 8, 16, 32)
@@ -60,6 +68,10 @@ class Encoder:
             (or timm handle) the ImageNet weights are read from.
         scales_with_width: whether ``width`` narrows the encoder (fcnseg's own
             graphs) or only the decoder (keras.applications).
+        output_strides: the output strides it can be built with, 32 first.
+            Where there is more than 32, ``build`` also takes
+            ``output_stride=`` as a keyword (rows with only 32 keep the
+            three-argument ``build``).
     """
 
     build: Callable[[str, float, str | None], keras.Model]
@@ -69,6 +81,7 @@ class Encoder:
     weights: str
     library: str
     scales_with_width: bool = False
+    output_strides: tuple[int, ...] = (32,)
 
 
 def _preprocess_caffe(name: str) -> keras.layers.Layer:
@@ -96,8 +109,8 @@ PREPROCESSING: dict[str, tuple[Callable[[str], keras.layers.Layer], str]] = {
 }
 
 
-def _own_resnet(name: str, width: float, weights: str | None) -> keras.Model:
-    encoder = resnet_encoder(name, width, ENCODERS[name].taps)
+def _own_resnet(name: str, width: float, weights: str | None, output_stride: int = 32) -> keras.Model:
+    encoder = resnet_encoder(name, width, ENCODERS[name].taps, output_stride)
     if weights is not None:
         pretrained.load_resnet_weights(encoder, weights, ENCODERS[name].library, RESNET_DEPTHS[name])
     return encoder
@@ -113,9 +126,11 @@ def _own_vgg16(name: str, width: float, weights: str | None) -> keras.Model:
     return encoder
 
 
-def _application(name: str, width: float, weights: str | None) -> keras.Model:
+def _application(name: str, width: float, weights: str | None, output_stride: int = 32) -> keras.Model:
     row = ENCODERS[name]
     library = pretrained.read_application(row.library, weights)
+    if output_stride != 32:
+        library = _dilate_application(library, output_stride)
     try:
         outputs = [library.get_layer(t).output for t in row.taps]
     except ValueError:
@@ -123,6 +138,39 @@ def _application(name: str, width: float, weights: str | None) -> keras.Model:
             f"{weights} is not a keras.applications {row.library} (it lacks the layers "
             f"{', '.join(row.taps)})") from None
     return keras.Model(library.input, outputs, name=name)
+
+
+def _dilate_application(library: keras.Model, output_stride: int) -> keras.Model:
+    """keras.applications ResNet50/101 rebuilt with the last stages dilated, weights kept.
+
+    Its bottleneck blocks stride in the 1x1 convs (``convN_block1_0_conv`` shortcut and
+    ``_1_conv``) and dilate nothing; a dilated stage sets those strides to 1 and the 3x3
+    ``_2_conv`` dilation to the :func:`fcnseg.models.resnet.stage_dilations` schedule. Shapes
+    do not change, so every weight is copied across by layer name.
+    """
+    schedule = stage_dilations(output_stride)
+    changes: dict[str, dict] = {}
+    for stage, (stride, first_dilation, dilation) in enumerate(schedule, start=1):
+        if stride == 2 or stage == 1:
+            continue
+        prefix = f"conv{stage + 1}_block"  # keras.applications' conv2..conv5 are stages 1..4
+        for layer in library.layers:
+            if layer.name.startswith(prefix):
+                block = int(layer.name[len(prefix):].split("_")[0])
+                if block == 1 and layer.name.endswith(("_0_conv", "_1_conv")):
+                    changes[layer.name] = {"strides": (1, 1)}
+                elif layer.name.endswith("_2_conv"):
+                    rate = first_dilation if block == 1 else dilation
+                    changes[layer.name] = {"dilation_rate": (rate, rate)}
+
+    def clone(layer):
+        return layer.__class__.from_config({**layer.get_config(), **changes.get(layer.name, {})})
+
+    dilated = keras.models.clone_model(library, clone_function=clone)
+    for layer in library.layers:
+        if layer.weights:
+            dilated.get_layer(layer.name).set_weights(layer.get_weights())
+    return dilated
 
 
 def _efficientnet(variant: int, channels: tuple[int, int, int, int, int]) -> Encoder:
@@ -142,15 +190,17 @@ ENCODERS: dict[str, Encoder] = {
     "resnet18": Encoder(_own_resnet, ("conv1_relu", "stage1_block2_out", "stage2_block2_out", "stage3_block2_out",
                                       "stage4_block2_out"),
                         (64, 64, 128, 256, 512), "torch", "keras-hub preset resnet_18_imagenet",
-                        "resnet_18_imagenet", True),
+                        "resnet_18_imagenet", True, output_strides=(32, 16, 8)),
     "resnet34": Encoder(_own_resnet, ("conv1_relu", "stage1_block3_out", "stage2_block4_out", "stage3_block6_out",
                                       "stage4_block3_out"),
                         (64, 64, 128, 256, 512), "torch", "keras-hub timm loader: torchvision resnet34.tv_in1k",
-                        "hf://timm/resnet34.tv_in1k", True),
+                        "hf://timm/resnet34.tv_in1k", True, output_strides=(32, 16, 8)),
     "resnet50": Encoder(_application, (*_RESNET_APP_TAPS, "conv4_block6_out", "conv5_block3_out"),
-                        (64, 256, 512, 1024, 2048), "caffe", "keras.applications ResNet50", "ResNet50"),
+                        (64, 256, 512, 1024, 2048), "caffe", "keras.applications ResNet50", "ResNet50",
+                        output_strides=(32, 16, 8)),
     "resnet101": Encoder(_application, (*_RESNET_APP_TAPS, "conv4_block23_out", "conv5_block3_out"),
-                         (64, 256, 512, 1024, 2048), "caffe", "keras.applications ResNet101", "ResNet101"),
+                         (64, 256, 512, 1024, 2048), "caffe", "keras.applications ResNet101", "ResNet101",
+                         output_strides=(32, 16, 8)),
     "mobilenet_v2": Encoder(_application, ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu",
                                            "block_13_expand_relu", "out_relu"),
                             (96, 144, 192, 576, 1280), "tf", "keras.applications MobileNetV2", "MobileNetV2"),
@@ -176,7 +226,7 @@ def encoder_strides(name: str) -> tuple[int, ...]:
     return tuple(s for s, c in zip(STRIDES, ENCODERS[name].channels) if c)
 
 
-def build_encoder(name: str, width: float = 1.0, weights: str | None = None) -> keras.Model:
+def build_encoder(name: str, width: float = 1.0, weights: str | None = None, output_stride: int = 32) -> keras.Model:
     """The encoder ``name`` of the table, with its weights.
 
     Args:
@@ -185,13 +235,17 @@ def build_encoder(name: str, width: float = 1.0, weights: str | None = None) -> 
         weights: ``None`` (random), ``"imagenet"`` or a local path: a Keras
             weights file, a saved keras.applications model (``.keras``/``.h5``)
             or, for resnet18/34, a keras-hub preset directory.
+        output_stride: 32, or 16 / 8 (dilated) where the row's
+            ``output_strides`` allow it; the weights are the same.
 
     Returns:
         ``keras.Model`` named ``name`` from the preprocessed image (see
-        :func:`preprocessing`) to the five taps, stride 2 first.
+        :func:`preprocessing`) to the five taps, nominal stride 2 first (actual
+        strides: :func:`feature_strides`).
 
     Raises:
-        ValueError: unknown name, or ImageNet weights at a width other than 1.
+        ValueError: unknown name, an output stride the encoder lacks, or
+            ImageNet weights at a width other than 1.
         fcnseg.models.weights.WeightsError: weights that cannot be read or fetched (one line).
 
     Example:
@@ -201,9 +255,27 @@ def build_encoder(name: str, width: float = 1.0, weights: str | None = None) -> 
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
     row = ENCODERS[name]
+    if output_stride not in row.output_strides:
+        raise ValueError(f"encoder {name} supports output stride {', '.join(map(str, row.output_strides))}, "
+                         f"not {output_stride}")
     if weights == "imagenet" and row.scales_with_width and width != 1.0:
         raise ValueError(f"ImageNet encoder weights need width=1.0, got width={width}")
-    return row.build(name, width if row.scales_with_width else 1.0, weights)
+    width = width if row.scales_with_width else 1.0
+    if output_stride == 32:
+        return row.build(name, width, weights)
+    return row.build(name, width, weights, output_stride=output_stride)
+
+
+def feature_strides(output_stride: int = 32) -> dict[int, int]:
+    """The actual stride of each key of :func:`encoder_features` at ``output_stride``.
+
+    Keys are the nominal levels 2 .. 32; a dilated encoder stops striding at its output stride.
+
+    Example:
+        >>> feature_strides(8)
+        {2: 2, 4: 4, 8: 8, 16: 8, 32: 8}
+    """
+    return {level: min(level, output_stride) for level in STRIDES}
 
 
 def preprocessing(name: str, layer_name: str = "preprocess") -> keras.layers.Layer:
@@ -212,7 +284,8 @@ def preprocessing(name: str, layer_name: str = "preprocess") -> keras.layers.Lay
 
 
 def encoder_features(encoder: keras.Model, x) -> dict:
-    """``encoder`` applied to ``x``, as ``{stride: features}`` for strides 2 .. 32 (4 .. 32 for MiT)."""
+    """``encoder`` applied to ``x``, as ``{stride: features}`` for nominal strides 2 .. 32 (4 .. 32 for
+    MiT; a dilated encoder's real strides: :func:`feature_strides`)."""
     outputs = encoder(x)
     return dict(zip(STRIDES[len(STRIDES) - len(outputs):], outputs))
 

@@ -276,3 +276,77 @@ class PatchMatmulConv2D(keras.layers.Conv2D):
         out = ops.matmul(ops.reshape(patches, (-1, kh * kw * cin)),
                          ops.reshape(kernel, (kh * kw * cin, self.filters)))
         return ops.reshape(out, (shape[0], rows, cols, self.filters))
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class AdaptiveAveragePooling2D(keras.layers.Layer):
+    """Average pooling of (B, H, W, C) into ``bins`` x ``bins`` cells, any H and W.
+
+    PyTorch's ``AdaptiveAvgPool2d``: cell i spans rows ``floor(i H / bins)``
+    to ``ceil((i + 1) H / bins)`` (cells overlap where ``bins`` does not divide
+    H), likewise columns. Written as two small averaging matrices built from
+    the runtime shape, so it needs no static size (TF graphs with unknown H/W,
+    JAX) and no kernel size fixed at build time. PSPNet's pyramid pooling.
+    """
+
+    def __init__(self, bins: int, **kwargs):
+        super().__init__(**kwargs)
+        self.bins = bins
+
+    def _matrix(self, size, dtype):
+        cells = ops.arange(self.bins, dtype="int32")[:, None]
+        index = ops.arange(size, dtype="int32")[None, :]
+        start = (cells * size) // self.bins
+        end = ((cells + 1) * size + self.bins - 1) // self.bins
+        inside = ops.cast(ops.logical_and(index >= start, index < end), dtype)
+        return inside / ops.sum(inside, axis=1, keepdims=True)
+
+    def call(self, x):
+        shape = ops.shape(x)
+        rows = self._matrix(shape[1], x.dtype)
+        cols = self._matrix(shape[2], x.dtype)
+        return ops.einsum("ih,bhwc,jw->bijc", rows, x, cols)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.bins, self.bins, input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "bins": self.bins}
+
+
+def _bilinear_matrix(size_in, size_out):
+    """(size_out, size_in) float32 weights of half-pixel bilinear sampling, edges clamped."""
+    scale = ops.cast(size_in, "float32") / ops.cast(size_out, "float32")
+    src = (ops.arange(size_out, dtype="float32") + 0.5) * scale - 0.5
+    src = ops.clip(src, 0.0, ops.cast(size_in - 1, "float32"))
+    low = ops.floor(src)
+    frac = (src - low)[:, None]
+    low = ops.cast(low, "int32")[:, None]
+    high = ops.minimum(low + 1, size_in - 1)
+    index = ops.arange(size_in, dtype="int32")[None, :]
+    return (1.0 - frac) * ops.cast(index == low, "float32") + frac * ops.cast(index == high, "float32")
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class ResizeToReference(keras.layers.Layer):
+    """Bilinear resize of ``x`` to the height and width of ``reference``, any size.
+
+    Called as ``ResizeToReference()([x, reference])``; half-pixel sampling,
+    i.e. PyTorch's ``interpolate(..., mode="bilinear", align_corners=False)``.
+    A 1x1 ``x`` (global pooling) is broadcast. Written as two interpolation
+    matrices built from the runtime shapes (not ``ops.image.resize``, whose
+    size must be known when a SavedModel/ONNX export traces the model with
+    H and W unknown), so it also runs under JAX. Float32 weights: a float16
+    bilinear resize in TensorFlow has a mixed-precision gradient XLA rejects.
+    """
+
+    def call(self, inputs):
+        x, reference = inputs
+        shape, size = ops.shape(x), ops.shape(reference)
+        rows = _bilinear_matrix(shape[1], size[1])
+        cols = _bilinear_matrix(shape[2], size[2])
+        return ops.cast(ops.einsum("ih,bhwc,jw->bijc", rows, ops.cast(x, "float32"), cols), x.dtype)
+
+    def compute_output_shape(self, input_shapes):
+        x_shape, ref_shape = input_shapes
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])

@@ -27,8 +27,11 @@ RESNET_STAGE_OUTPUTS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, relu: bool = True):
+def conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, relu: bool = True, dilation_rate: int = 1):
     """Conv (no bias) + BatchNorm (+ ReLU); torchvision-style padding.
+
+    ``dilation_rate`` > 1 (only with stride 1) pads "same", i.e. ``rate * (k // 2)``
+    on each side, as torchvision's dilated convs do.
 
     Layers: ``{name}`` (conv), ``{name}_bn``, ``{name}_relu`` and, for strided
     convs, ``{name}_pad``.
@@ -42,13 +45,13 @@ def conv_bn(x, filters: int, kernel_size: int, strides: int, name: str, relu: bo
     else:
         padding = "same"
     x = keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, padding=padding, use_bias=False, name=name
-    )(x)
+        filters, kernel_size, strides=strides, padding=padding, dilation_rate=dilation_rate, use_bias=False,
+        name=name)(x)
     x = FusedBatchNormalization(**TORCH_BN, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-def apply_basic_block(x, filters: int, strides: int, name: str):
+def apply_basic_block(x, filters: int, strides: int, name: str, dilation_rate: int = 1):
     """ResNet basic block: two 3x3 conv-BN, identity or 1x1 projection shortcut.
 
     Args:
@@ -56,6 +59,7 @@ def apply_basic_block(x, filters: int, strides: int, name: str):
         filters: output channels (already width-scaled).
         strides: 2 for the first block of stages 2-4, else 1.
         name: prefix, e.g. ``"stage2_block1"``; output layer ``{name}_out``.
+        dilation_rate: atrous rate of both 3x3 convs (dilated stages).
 
     Example:
         >>> y = apply_basic_block(keras.Input((None, None, 64)), 128, 2, "stage2_block1")
@@ -63,17 +67,43 @@ def apply_basic_block(x, filters: int, strides: int, name: str):
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
         shortcut = conv_bn(x, filters, 1, strides, f"{name}_proj", relu=False)
-    x = conv_bn(x, filters, 3, strides, f"{name}_conv1")
-    x = conv_bn(x, filters, 3, 1, f"{name}_conv2", relu=False)
+    x = conv_bn(x, filters, 3, strides, f"{name}_conv1", dilation_rate=dilation_rate)
+    x = conv_bn(x, filters, 3, 1, f"{name}_conv2", relu=False, dilation_rate=dilation_rate)
     x = keras.layers.Add(name=f"{name}_add")([x, shortcut])
     return keras.layers.ReLU(name=f"{name}_out")(x)
 
 
-def resnet_encoder(name: str, width: float, taps) -> keras.Model:
+def stage_dilations(output_stride: int) -> tuple[tuple[int, int, int], ...]:
+    """``(stride, first block's dilation, other blocks' dilation)`` of ResNet stages 1..4.
+
+    torchvision's ``replace_stride_with_dilation``: a dilated stage keeps stride 1 and
+    multiplies the running dilation by the stride it dropped; its first block still uses
+    the previous dilation. Output stride 32: no dilation; 16: stage 4 at 2; 8: stage 3 at 2
+    and stage 4 at 2 (first block) then 4 (Chen et al.'s and Zhao et al.'s "dilated ResNet").
+
+    Raises:
+        ValueError: ``output_stride`` not 8, 16 or 32.
+    """
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"ResNet output stride must be 8, 16 or 32, got {output_stride}")
+    stages, dilation, stride_so_far = [(1, 1, 1)], 1, 4
+    for _ in range(3):
+        if stride_so_far * 2 <= output_stride:
+            stages.append((2, dilation, dilation))
+            stride_so_far *= 2
+        else:
+            stages.append((1, dilation, dilation * 2))
+            dilation *= 2
+    return tuple(stages)
+
+
+def resnet_encoder(name: str, width: float, taps, output_stride: int = 32) -> keras.Model:
     """ResNet18/34 ``name`` (a key of ``RESNET_DEPTHS``) returning the outputs of the layers ``taps``.
 
-    The layers (and so the weights) are the same whatever ``taps`` is: a weights file of
-    :func:`resnet18` loads into ``resnet_encoder("resnet18", 1.0, ("conv1_relu", ...))``.
+    The layers (and so the weights) are the same whatever ``taps`` and ``output_stride``
+    are: a weights file of :func:`resnet18` loads into ``resnet_encoder("resnet18", 1.0,
+    ("conv1_relu", ...))``. ``output_stride`` 16 or 8 dilates the last stages instead of
+    striding them (:func:`stage_dilations`).
 
     Example:
         >>> encoder = resnet_encoder("resnet18", 1 / 16, ("conv1_relu", "stage4_block2_out"))
@@ -84,10 +114,12 @@ def resnet_encoder(name: str, width: float, taps) -> keras.Model:
     # Zero padding is -inf padding here: inputs are post-ReLU, so >= 0.
     x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="pool1")(x)
+    schedule = stage_dilations(output_stride)
     for s, (blocks, filters) in enumerate(zip(RESNET_DEPTHS[name], RESNET_FILTERS), start=1):
+        stage_stride, first_dilation, dilation = schedule[s - 1]
         for b in range(1, blocks + 1):
-            strides = 2 if s > 1 and b == 1 else 1
-            x = apply_basic_block(x, scaled(filters, width), strides, f"stage{s}_block{b}")
+            x = apply_basic_block(x, scaled(filters, width), stage_stride if b == 1 else 1, f"stage{s}_block{b}",
+                                  first_dilation if b == 1 else dilation)
             feats[f"stage{s}_block{b}_out"] = x
     return keras.Model(inputs, [feats[n] for n in taps], name=name)
 
