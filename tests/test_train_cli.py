@@ -77,7 +77,7 @@ def test_resume_continues_from_saved_step(tiny_run, tmp_path):
     [
         (["--data-source", "nope"], "--data-source 'nope' is unknown"),
         (["--data-source", "missing_file.py"], "missing_file.py"),
-        (["--model", "unet"], "--model"),
+        (["--model", "nosuchnet"], "--model"),
         (["--image-size", "48by32"], "--image-size"),
         (["--source-option", "colour=red"], "--source-option colour"),
         (["--class-weights", "1,2"], "--class-weights has 2 values"),
