@@ -22,6 +22,9 @@ from typing import Any, Callable
 from fcnseg.errors import FcnsegError
 
 
+# The paper's FCNs on VGG16 (not "fcn", torchvision's FCN-ResNet on a dilated encoder).
+VGG_FCNS = ("fcn8s", "fcn16s", "fcn32s")
+
 @dataclass(frozen=True)
 class TrainConfig:
     data_source: str = "synthetic"  # built-in name, plugin name or path of a source .py file
@@ -72,7 +75,7 @@ class TrainConfig:
         for key in ("image_size", "class_weights", "fbeta"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
-        if str(data.get("model", "")).startswith("fcn") and data.get("encoder") == "resnet18":
+        if data.get("model") in VGG_FCNS and data.get("encoder") == "resnet18":
             data["encoder"] = None  # runs saved before the encoder table recorded LinkNet's default beside an FCN
         return cls(**data)
 
@@ -227,7 +230,7 @@ def fcn_bfloat16_refusal(model: str, mixed_precision: str | None) -> str | None:
     # CPU kernels ("malloc(): unaligned tcache chunk detected", SIGABRT/SIGSEGV on a 2-core Xeon
     # with AMX, 2026-11-25); LinkNet, narrow FCNs and TF_ENABLE_ONEDNN_OPTS=0 ran. A one-line
     # refusal beats a crash that can leave a half-finished run behind.
-    if (mixed_precision != "bfloat16" or not model.startswith("fcn")
+    if (mixed_precision != "bfloat16" or model not in VGG_FCNS
             or os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0"):
         return None
     import tensorflow as tf

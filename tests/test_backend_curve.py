@@ -68,7 +68,7 @@ def test_tensorflow_and_jax_curves_start_from_the_same_loss(tmp_path):
     (["--backends", "tensorflow,mxnet"], "--backends mxnet: choose from tensorflow, jax, torch"),
     (["--model", "unet"], "--model unet: choose one of fcn16s, fcn32s, fcn8s, linknet"),
     (["--model", "fcn8s", "--encoder", "resnet18"], "--encoder applies to --model linknet only"),
-    (["--model", "linknet", "--dropout", "0"], "--dropout applies to the FCN models only"),
+    (["--model", "linknet", "--dropout", "0"], "--dropout applies to the VGG16 FCN models"),
     (["--image-size", "240"], "--image-size 240: expected WxH, e.g. 240x180"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--data-dir", str(ROOT / "no-such-camvid")], f"--data-dir {ROOT / 'no-such-camvid'}: no such folder"),

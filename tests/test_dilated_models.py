@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from fcnseg.models import MODEL_ENCODERS, MODELS, encoder_refusal
-from fcnseg.models.layers import AdaptiveAveragePooling2D, BilinearUpsample, ResizeToReference
+from fcnseg.models.blocks import BilinearUpsample
+from fcnseg.models.layers import AdaptiveAveragePooling2D, ResizeToReference
 
 ROOT = Path(__file__).resolve().parents[1]
 DILATED = ("pspnet", "deeplabv3plus", "fcn")
@@ -302,3 +303,12 @@ def test_models_run_under_jax_with_the_tensorflow_weights(tmp_path):
     for name in DILATED:
         assert got["models"][name]["diff"] < 1e-3, (name, got)
         assert np.isfinite(got["models"][name]["loss"]), (name, got)
+
+
+def test_resnet_fcn_is_not_mistaken_for_the_vgg16_fcns():
+    """Options written for fcn8s/16s/32s (an old run's encoder, the bfloat16 refusal) leave ``fcn`` alone."""
+    from fcnseg.options import TrainConfig, fcn_bfloat16_refusal
+
+    assert TrainConfig.from_json({"model": "fcn", "encoder": "resnet18"}).encoder == "resnet18"
+    assert TrainConfig.from_json({"model": "fcn8s", "encoder": "resnet18"}).encoder is None
+    assert fcn_bfloat16_refusal("fcn", "bfloat16") is None

@@ -92,8 +92,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise ToolError(f"--model {args.model}: choose one of {', '.join(sorted(MODELS))}")
     if args.encoder is not None and args.model != "linknet":
         raise ToolError("--encoder applies to --model linknet only")
-    if args.dropout is not None and not args.model.startswith("fcn"):
-        raise ToolError("--dropout applies to the FCN models only")
+    if args.dropout is not None and args.model not in ("fcn8s", "fcn16s", "fcn32s"):
+        raise ToolError("--dropout applies to the VGG16 FCN models (fcn8s, fcn16s, fcn32s) only")
     try:
         w, h = (int(v) for v in args.image_size.lower().split("x"))
         assert w > 0 and h > 0
