@@ -130,8 +130,9 @@ def inference_size_options(fn):
 @click.option("--verbose", is_flag=True, envvar="FCNSEG_VERBOSE",
               help="Show TensorFlow's start-up and device messages (hidden by default; or FCNSEG_VERBOSE=1).")
 def main(verbose: bool) -> None:
-    """Semantic segmentation of road scenes: FCN-8s/16s/32s and LinkNet on KITTI Road,
-    Cityscapes, CamVid, your own folder of images + masks, or synthetic scenes."""
+    """Semantic segmentation of road scenes: FCN, LinkNet, U-Net, FPN, PSPNet, DeepLabv3+ and
+    SegFormer (`fcnseg models`) on KITTI Road, Cityscapes, CamVid, BDD100K, Lyft/CARLA, Carvana,
+    your own folder of images + masks, or synthetic scenes."""
     if not verbose:
         # CUDA probing, oneDNN and CPU-feature notes on every start: noise to a user.
         from fcnseg.quiet import quiet_tensorflow
