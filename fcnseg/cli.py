@@ -539,7 +539,7 @@ def import_preset(preset, output, dataset, overwrite):
     needs internet) or a local preset directory (written by keras-hub's save_to_preset). OUTPUT is
     a .keras checkpoint that predict, evaluate and export take.
     """
-    from fcnseg.models.segformer import import_preset as run_import
+    from fcnseg.presets import import_preset as run_import
 
     meta = run_import(preset, output, dataset, overwrite)
     classes = len(meta["source"]["classes"]["rows"])

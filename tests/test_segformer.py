@@ -24,7 +24,8 @@ from fcnseg.models import MODEL_ENCODERS, MODELS, encoder_refusal, linknet
 from fcnseg.models.encoders import ENCODERS, build_encoder, encoder_strides
 from fcnseg.models.mit import MIT_VARIANTS, mit_config
 from fcnseg.models.blocks import BilinearUpsample
-from fcnseg.models.segformer import import_preset, segformer
+from fcnseg.models.segformer import segformer
+from fcnseg.presets import import_preset
 from fcnseg.models.weights import WeightsError
 
 keras_hub = pytest.importorskip("keras_hub")
