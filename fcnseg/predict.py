@@ -316,6 +316,14 @@ def write_outputs(output_dir: str, name: str, image: np.ndarray, labels: np.ndar
             f.write(png.tobytes())
 
 
+def check_static_mask(mask: np.ndarray | None, path: str | None, name: str, image: np.ndarray) -> None:
+    """Refuse a --static-mask whose size is not ``image``'s, naming both."""
+    h, w = image.shape[:2]
+    if mask is not None and mask.shape != (h, w):
+        mh, mw = mask.shape
+        raise FcnsegError(f"--static-mask {path} is {mw}x{mh} but {name} is {w}x{h}")
+
+
 def predict(config: PredictConfig, log: Callable[[str], None] = print,
             progress: Callable[[int], ContextManager] | None = None) -> PredictResult:
     """Run the checkpoint on every input and write its PNGs; bad inputs are logged and listed, not fatal.
@@ -359,12 +367,9 @@ def predict(config: PredictConfig, log: Callable[[str], None] = print,
         return bool(config.window) and (shape[1] > config.window[0] or shape[0] > config.window[1])
 
     def run(batch: list[tuple[str, np.ndarray]]) -> None:
-        h, w = batch[0][1].shape[:2]
-        if pp.static_mask is not None and pp.static_mask.shape != (h, w):
-            mh, mw = pp.static_mask.shape
-            raise FcnsegError(f"--static-mask {config.static_mask} is {mw}x{mh} but {batch[0][0]} is {w}x{h}")
+        check_static_mask(pp.static_mask, config.static_mask, *batch[0])
         t = time.perf_counter()
-        if tiled((h, w)):
+        if tiled(batch[0][1].shape[:2]):
             probs = np.stack([sliding_window_probabilities(infer, img, config.window, config.overlap,
                                                            config.batch_size) for _, img in batch])
         else:

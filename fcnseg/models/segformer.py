@@ -1,4 +1,4 @@
-"""SegFormer: the MiT encoder and the all-MLP decoder, and keras-hub's SegFormer presets as checkpoints.
+"""SegFormer: the MiT encoder and the all-MLP decoder, and a keras-hub SegFormer segmenter as a fcnseg model.
 
 Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation
 with Transformers", NeurIPS 2021 (arXiv:2105.15203), sec. 3.2: each of the
@@ -8,7 +8,7 @@ stride 4, concatenated, fused by a 1x1 conv (BN, ReLU) and classified by a
 Layer for layer this is keras-hub's ``SegFormerBackbone`` +
 ``SegFormerImageSegmenter`` (deepest stage first in the concat, dropout 0.1
 before the classifier, C = 256 for every variant as keras-hub's presets have
-it; the paper uses 768 for B2-B5), so :func:`import_preset` can copy a
+it; the paper uses 768 for B2-B5), so :func:`from_hub_segmenter` can copy a
 keras-hub preset's weights in one to one.
 """
 
