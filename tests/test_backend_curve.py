@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from fcnseg.models import MODELS as MODEL_NAMES
+
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "backend_curve.py"
 # XLA's CPU optimisation passes cost most of the JAX side's time and buy nothing on 32x32 inputs.
@@ -66,9 +68,9 @@ def test_tensorflow_and_jax_curves_start_from_the_same_loss(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--backends", "tensorflow,mxnet"], "--backends mxnet: choose from tensorflow, jax, torch"),
-    (["--model", "unet"], "--model unet: choose one of fcn16s, fcn32s, fcn8s, linknet"),
+    (["--model", "nosuchnet"], "--model nosuchnet: choose one of " + ", ".join(sorted(MODEL_NAMES))),
     (["--model", "fcn8s", "--encoder", "resnet18"], "--encoder applies to --model linknet only"),
-    (["--model", "linknet", "--dropout", "0"], "--dropout applies to the VGG16 FCN models"),
+    (["--model", "linknet", "--dropout", "0"], "--dropout applies to the VGG16 FCN models (fcn8s, fcn16s, fcn32s) only"),
     (["--image-size", "240"], "--image-size 240: expected WxH, e.g. 240x180"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--data-dir", str(ROOT / "no-such-camvid")], f"--data-dir {ROOT / 'no-such-camvid'}: no such folder"),
