@@ -112,3 +112,55 @@ def test_lyft_fps_reports_frames_per_second_and_the_cpu(tmp_path):
     assert result["fps_with_postprocess"] > 0 and result["fps_model"] >= result["fps_with_postprocess"]
     assert "LinkNet-ResNet34 (width 0.125) at 64x48, batch 1" in out.stdout
     assert f"machine: {result['machine']['cpu']}," in out.stdout and result["machine"]["cpu"] != "unknown"
+
+
+def test_models_resolve_to_model_encoder_pairs_and_bad_ones_are_one_line_errors(benchmark):
+    assert benchmark.resolve_models(["unet", "fcn8s", "segformer-mit_b0", "pspnet"], None) == [
+        "unet-resnet34", "fcn8s", "segformer-mit_b0", "pspnet-resnet50"]
+    assert benchmark.resolve_models(["deeplabv3plus", "fpn-resnet18", "fcn8s"], "resnet101") == [
+        "deeplabv3plus-resnet101", "fpn-resnet18", "fcn8s"]
+    with pytest.raises(ValueError, match="--model segformer cannot take --encoder resnet50; its encoders are: mit_b0"):
+        benchmark.resolve_models(["segformer"], "resnet50")
+    with pytest.raises(ValueError, match="unknown model 'nosuchnet' in --models"):
+        benchmark.resolve_models(["nosuchnet"], None)
+    assert benchmark.default_batch("fcn16s", (480, 360)) == 4 and benchmark.default_batch("fcn-resnet50", (480, 360)) == 8
+
+
+def test_depthwise_and_einsum_flops_are_counted(benchmark):
+    """SegFormer's Mix-FFN and DeepLabv3+'s separable convs are depthwise convs; attention may be an einsum."""
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)(inputs)
+    model = keras.Model(inputs, x)
+    assert benchmark.count_flops(model, 8, 6)["forward_flops"] == 2 * 8 * 6 * 3 * 3 * 3
+    assert benchmark.einsum_flops("bij,bjk->bik", [[2, 3, 4], [2, 4, 5]]) == 2 * 2 * 3 * 4 * 5
+    assert benchmark.einsum_flops("i,i,i->", [[2], [2], [2]]) == 0  # not counted rather than guessed
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("segmentation_models_pytorch") is None,
+                    reason="segmentation_models_pytorch is not installed (the optional U-Net peer)")
+def test_a_new_model_runs_against_its_smp_peer(tmp_path):
+    """U-Net (ResNet18) against smp.Unet, tiny: both contenders train and infer, the tool reports the
+    side-by-side ratios and fractions of the peak, and the two parameter counts agree."""
+    import json
+    import os
+
+    out = subprocess.run([sys.executable, str(TOOL), "--quick", "--models", "unet", "--encoder", "resnet18",
+                          "--batch", "2", "--no-growth", "--no-pipeline", "--json", str(tmp_path / "b.json")],
+                         capture_output=True, text=True, timeout=600,
+                         env=os.environ | {"PYTHONPATH": str(TOOL.parents[1])})
+    assert out.returncode == 0, out.stderr[-3000:]
+    group = json.loads((tmp_path / "b.json").read_text())["groups"]["unet-resnet18@128x96"]
+    tf_fig, torch_fig = group["fcnseg"], group["torch"]
+    assert tf_fig["spec"]["batch"] == torch_fig["spec"]["batch"] == 2
+    assert tf_fig["params"] == torch_fig["params"] > 1e6  # smp.Unet('resnet18') exactly
+    assert group["ratio_train_fcnseg_over_torch"] == pytest.approx(
+        tf_fig["train_images_per_s"] / torch_fig["train_images_per_s"])
+    assert group["ratio_infer_fcnseg_over_torch"] == pytest.approx(
+        torch_fig["infer_ms_per_image"] / tf_fig["infer_ms_per_image"])
+    assert 0 < tf_fig["train_fraction_of_fp32_peak"] and 0 < torch_fig["train_fraction_of_fp32_peak"]
+    assert tf_fig["forward_flops"] > 0
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| unet-resnet18@128x96 | 2 | fcnseg |"))
+    assert f"| {group['ratio_train_fcnseg_over_torch']:.2f}x |" in row

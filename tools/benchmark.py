@@ -2,14 +2,23 @@
 
     python tools/benchmark.py [--models fcn8s,linknet-resnet18,linknet-resnet34]
                               [--sizes 480x360,1248x384,1024x512] [--json out.json] [--quick]
+    python tools/benchmark.py --models unet,fpn,deeplabv3plus,fcn,pspnet,segformer-mit_b0 \
+                              --encoder resnet50 --sizes 480x360
     python tools/benchmark.py --lyft-fps [--lyft-size 800x600] [--lyft-frames 30]
 
 How it measures (the machine may be shared, so every figure that is compared
 with another is measured side by side, interleaved, in one run):
 
+* Models: any of fcnseg.models.MODELS, as ``MODEL`` or ``MODEL-ENCODER``
+  (``unet-resnet34``); ``--encoder`` picks the encoder of those given without
+  one (default: the model's own default encoder).
 * Each (model, size) group runs in fresh worker subprocesses, one per
-  contender: fcnseg (TensorFlow), the PyTorch peer (tools/torch_models.py,
-  same layers and parameter count), and for LinkNet-ResNet18 at 480x360 the
+  contender (torch and TensorFlow never share a process: importing torch after
+  TensorFlow segfaults here): fcnseg (TensorFlow), the PyTorch peer
+  (tools/torch_models.py: same layers and parameter count for FCN/LinkNet,
+  the reference implementation from segmentation_models_pytorch or
+  torchvision for the newer models, skipped with a message when that library
+  is absent), and for LinkNet-ResNet18 at 480x360 the
   real CamVid input pipeline. The orchestrator asks them in turn (A, B, C, A,
   B, C, ...) for a few training steps, then for a few inferences, and reports
   medians. A worker's peak resident memory (VmHWM) is read after its training
@@ -18,8 +27,9 @@ with another is measured side by side, interleaved, in one run):
   update, on random images and labels held in memory (the pipeline is timed
   separately). Inference: batch 1, ms per image.
 * FLOPs per image are counted from the forward graph (a concrete function at
-  the group's size, batch 1): every Conv2D, Conv2DBackpropInput (transposed
-  conv) and MatMul op, 2 FLOPs per multiply-add, from the ops' static shapes.
+  the group's size, batch 1): every Conv2D, DepthwiseConv2dNative,
+  Conv2DBackpropInput (transposed conv), MatMul/BatchMatMul and two-operand
+  Einsum op, 2 FLOPs per multiply-add, from the ops' static shapes.
   Element-wise ops (BN, ReLU, adds) are not counted. TF's own profiler
   (tf.compat.v1.profiler float_operation) is printed beside it as a check.
   Training FLOPs = 3x forward (backward = input grads + weight grads).
@@ -66,10 +76,38 @@ SIZES = ("480x360", "1248x384", "1024x512")
 GROWTH_SIZES = ("336x256", "480x360", "672x512")  # 0.50x, 1x, 1.99x the pixels of 480x360
 
 
+VGG_FCNS = ("fcn8s", "fcn16s", "fcn32s")
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``"unet-resnet34"`` -> ``("unet", "resnet34")``; ``"fcn8s"`` -> ``("fcn8s", None)``."""
+    model, _, encoder = name.partition("-")
+    return model, encoder or None
+
+
+def resolve_models(names: list[str], encoder: str | None) -> list[str]:
+    """Each name as ``MODEL-ENCODER`` (the VGG16 FCNs stay bare): its own encoder, else ``encoder``,
+    else the model's default. Raises ValueError (one line) for an unknown model or a pair that
+    fcnseg train would refuse."""
+    from fcnseg.models import MODEL_ENCODERS, MODELS, encoder_refusal
+
+    out = []
+    for name in names:
+        model, own = split_name(name)
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r} in --models; models: {', '.join(MODELS)}")
+        chosen = own or (encoder if encoder and model not in VGG_FCNS else MODEL_ENCODERS[model][0])
+        refusal = encoder_refusal(model, chosen)
+        if refusal:
+            raise ValueError(refusal)
+        out.append(model if model in VGG_FCNS else f"{model}-{chosen}")
+    return out
+
+
 def default_batch(model: str, size: tuple[int, int]) -> int:
-    """4 for FCN-8s / 8 for LinkNet at 480x360, the same pixels per batch
+    """4 for the VGG16 FCNs / 8 for the others at 480x360, the same pixels per batch
     (rounded down) at the larger sizes so memory stays within a 24 GiB machine."""
-    base = 4 if model == "fcn8s" else 8
+    base = 4 if model in VGG_FCNS else 8
     return max(1, min(base, int(base * 480 * 360 / (size[0] * size[1]))))
 
 
@@ -94,7 +132,7 @@ class TFWorker:
         import tensorflow as tf
 
         from fcnseg.losses import masked_cross_entropy
-        from fcnseg.models import fcn8s, linknet
+        from fcnseg.models import MODELS
         from fcnseg.optimizers import FusedAdam
 
         if spec.get("precision") == "bfloat16":
@@ -103,7 +141,8 @@ class TFWorker:
             tf.config.threading.set_inter_op_parallelism_threads(spec["inter_op"])
         name, (w, h), b = spec["model"], spec["size"], spec["batch"]
         self.spec, self.tf = spec, tf
-        self.model = fcn8s(NUM_CLASSES) if name == "fcn8s" else linknet(NUM_CLASSES, name.split("-", 1)[1])
+        model_name, encoder = split_name(name)
+        self.model = MODELS[model_name](NUM_CLASSES, **({"encoder": encoder} if encoder else {}))
         self.opt = FusedAdam(1e-4)  # what fcnseg train --optimizer adam uses
         loss_fn = masked_cross_entropy(NUM_CLASSES)
         gen = tf.random.Generator.from_seed(0)
@@ -160,6 +199,11 @@ def count_flops(model, h: int, w: int) -> dict:
             flops = 2 * int(np.prod(out)) * kh * kw * cin
             if first_conv is None:
                 first_conv = {"op": op.name, "output": out, "kernel": op.inputs[1].shape.as_list(), "flops": flops}
+        elif op.type == "DepthwiseConv2dNative":  # one kh*kw filter per output channel
+            kh, kw = op.inputs[1].shape.as_list()[:2]
+            flops = 2 * int(np.prod(op.outputs[0].shape.as_list())) * kh * kw
+        elif op.type == "Einsum":
+            flops = einsum_flops(op.get_attr("equation").decode(), [t.shape.as_list() for t in op.inputs])
         elif op.type == "Conv2DBackpropInput":  # transposed conv: every input pixel scatters a kh*kw*cout patch
             grad_in = op.inputs[2].shape.as_list()
             kh, kw, cout, _ = op.inputs[1].shape.as_list()
@@ -177,6 +221,23 @@ def count_flops(model, h: int, w: int) -> dict:
     except Exception:  # the profiler is a check only
         profiler = None
     return {"forward_flops": total, "profiler_flops": profiler, "first_conv": first_conv}
+
+
+def einsum_flops(equation: str, shapes: list[list[int]]) -> int:
+    """2 x the product of every index's size for a two-operand einsum (each multiply-add once);
+    0 for other arities, ellipses or unknown sizes (not counted rather than guessed)."""
+    inputs = equation.split("->")[0].split(",")
+    if len(inputs) != 2 or "." in equation or len(shapes) != 2:
+        return 0
+    sizes: dict[str, int] = {}
+    for letters, shape in zip(inputs, shapes):
+        if len(letters) != len(shape) or any(d is None for d in shape):
+            return 0
+        sizes.update(zip(letters, shape))
+    total = 2
+    for d in sizes.values():
+        total *= d
+    return total
 
 
 class TorchWorker:
@@ -706,7 +767,10 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help="MODEL or MODEL-ENCODER list, any of fcnseg.models.MODELS")
+    parser.add_argument("--encoder", default=None,
+                        help="encoder of the models given without one (default: each model's own default)")
     parser.add_argument("--sizes", default=",".join(SIZES), help="WxH list")
     parser.add_argument("--batch", type=int, default=None, help="training batch (default: per model and size)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per measurement")
@@ -742,13 +806,18 @@ def main() -> None:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     if args.log_dir:
         os.makedirs(args.log_dir, exist_ok=True)
-    models = [m for m in args.models.split(",") if m]
+    try:
+        models = resolve_models([m for m in args.models.split(",") if m], args.encoder)
+    except ValueError as e:
+        parser.error(str(e))
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     peer_sizes = sizes if args.peer_sizes is None else [parse_size(s) for s in args.peer_sizes.split(",") if s]
     try:
         import torch  # noqa: F401
 
         have_torch = not args.no_peer
+        sys.path.insert(0, str(HERE))
+        import torch_models  # torch is already in: torch before TensorFlow is the order that works
     except ImportError:
         have_torch = False
         log("PyTorch is not installed: the peer columns are skipped (pip install torch to get them)")
@@ -769,20 +838,23 @@ def main() -> None:
         for model in models:
             batch = args.batch or default_batch(model, size)
             base = {"model": model, "size": list(size), "batch": batch}
-            refusal = fcn_bfloat16_refusal(model, args.precision)
+            refusal = fcn_bfloat16_refusal(split_name(model)[0], args.precision)
             if refusal:  # fcnseg train refuses it too; the worker would die mid-run
                 log(f"{model} skipped: {refusal}")
                 continue
             contenders = [("fcnseg", base | {"kind": "tf", "jit": args.jit, "precision": args.precision})]
             for v in variants:
-                refusal = fcn_bfloat16_refusal(model, "bfloat16" if "bf16" in v else None)
+                refusal = fcn_bfloat16_refusal(split_name(model)[0], "bfloat16" if "bf16" in v else None)
                 if refusal:  # fcnseg train refuses it too; the worker would die mid-run
                     log(f"{model}: fcnseg[{v}] skipped: {refusal}")
                     continue
                 contenders.append((f"fcnseg[{v}]", base | {"kind": "tf", "jit": "jit" in v,
                                                           "precision": "bfloat16" if "bf16" in v else "float32",
                                                           "inter_op": 1 if "inter1" in v else None}))
-            if have_torch and size in peer_sizes:
+            missing = torch_models.peer_missing(model) if have_torch and size in peer_sizes else None
+            if missing:
+                log(f"{model}: the PyTorch peer is skipped ({missing})")
+            elif have_torch and size in peer_sizes:
                 contenders.append(("torch", base | {"kind": "torch"}))
             if have_data and model == "linknet-resnet18" and size == pipeline_size:
                 contenders.append(("pipeline", {"kind": "pipeline", "size": list(size), "batch": batch,

@@ -1,9 +1,31 @@
-"""PyTorch peers of fcnseg's FCN-8s/16s/32s and LinkNet, for tools/benchmark.py and tools/gpu_bench.py.
+"""PyTorch peers of fcnseg's models, for tools/benchmark.py and tools/gpu_bench.py.
 
-Plain ``torch.nn`` modules with the same layers, filter counts, kernel sizes,
-strides and input pad/crop as ``fcnseg.models`` (parameter counts match
-exactly; the benchmark prints both). Weights are random: they exist to be
-timed, not trained. Layout is PyTorch's default NCHW.
+FCN-8s/16s/32s and LinkNet: plain ``torch.nn`` modules with the same layers,
+filter counts, kernel sizes, strides and input pad/crop as ``fcnseg.models``
+(parameter counts match exactly; the benchmark prints both).
+
+The newer architectures use the reference implementations themselves, when
+installed (they are optional; :func:`peer_missing` says why one is absent):
+
+* ``unet-ENC``, ``fpn-ENC``: segmentation_models_pytorch ``Unet`` / ``FPN``
+  (fcnseg's decoders follow smp's; parameter counts equal on ResNet18/34).
+* ``deeplabv3plus-ENC``: smp ``DeepLabV3Plus(encoder_output_stride=16,
+  decoder_atrous_rates=(6, 12, 18))``, the paper's rates as fcnseg has them
+  (smp's default is 12/24/36).
+* ``pspnet-ENC``: NOT smp's ``PSPNet`` (that taps the encoder at depth 3,
+  undilated, with a 1x1 bottleneck and a 3x3 classifier). fcnseg's is the
+  paper's / mmsegmentation's ``PSPHead`` on a dilated output-stride-8
+  encoder, so the peer is smp's encoder built at output stride 8 plus that
+  head written out here (:class:`PSPHead`).
+* ``fcn-resnet50`` / ``fcn-resnet101``: torchvision ``fcn_resnet50/101(weights=None,
+  weights_backbone=None, aux_loss=False)``.
+* ``segformer-mit_bN``: smp ``Segformer("mit_bN")`` (all-MLP head, 256 channels).
+
+Each is wrapped in :class:`Peer`: RGB 0..255 in, normalised, padded to the
+multiple fcnseg pads to, logits cropped back, as fcnseg's models do in-graph.
+keras.applications' ResNet50/101 (fcnseg's resnet50/101) carry conv biases
+torchvision's lack, so those counts differ slightly. Weights are random: they
+exist to be timed, not trained. Layout is PyTorch's default NCHW.
 """
 
 from __future__ import annotations
@@ -139,10 +161,113 @@ class LinkNet(nn.Module):
         return self.head(x)[..., :h, :w]
 
 
+class Peer(nn.Module):
+    """A reference model as fcnseg runs its own: RGB 0..255 in, ImageNet-normalised, padded to
+    ``multiple``, logits cropped to the input (a dict output's ``"out"``, as torchvision's)."""
+
+    def __init__(self, model: nn.Module, multiple: int) -> None:
+        super().__init__()
+        self.model, self.multiple = model, multiple
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        y = self.model(pad_to_multiple((x / 255.0 - self.mean) / self.std, self.multiple))
+        return (y["out"] if isinstance(y, dict) else y)[..., :h, :w]
+
+
+class PSPHead(nn.Module):
+    """mmsegmentation's PSPHead (pool scales 1/2/3/6, branches 1x1 conv-BN-ReLU to C/4, 3x3
+    bottleneck conv-BN-ReLU, dropout 0.1, 1x1 classifier), bilinear x8: fcnseg's PSPNet head."""
+
+    def __init__(self, cin: int, num_classes: int) -> None:
+        super().__init__()
+        c = cin // 4
+        self.branches = nn.ModuleList([nn.Sequential(nn.AdaptiveAvgPool2d(s), conv_bn(cin, c, 1, 1))
+                                       for s in (1, 2, 3, 6)])
+        self.bottleneck = conv_bn(cin + 4 * c, c, 3, 1)
+        self.classifier = nn.Sequential(nn.Dropout2d(0.1), nn.Conv2d(c, num_classes, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        pooled = [F.interpolate(b(x), size, mode="bilinear", align_corners=False) for b in self.branches]
+        y = self.classifier(self.bottleneck(torch.cat([x, *pooled], 1)))
+        return F.interpolate(y, scale_factor=8, mode="bilinear", align_corners=False)
+
+
+class DilatedPSPNet(nn.Module):
+    """smp's encoder built at output stride 8 (dilated) + :class:`PSPHead` on its last map."""
+
+    def __init__(self, encoder: str, num_classes: int) -> None:
+        super().__init__()
+        from segmentation_models_pytorch.encoders import get_encoder
+
+        self.encoder = get_encoder(encoder, weights=None, output_stride=8)
+        self.head = PSPHead(self.encoder.out_channels[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x)[-1])
+
+
+# model -> (module that must be installed, the multiple fcnseg pads its input to)
+REFERENCE_PEERS = {"unet": ("segmentation_models_pytorch", 32), "fpn": ("segmentation_models_pytorch", 32),
+                   "deeplabv3plus": ("segmentation_models_pytorch", 16), "pspnet": ("segmentation_models_pytorch", 8),
+                   "segformer": ("segmentation_models_pytorch", 32), "fcn": ("torchvision", 8)}
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """``"unet-resnet34"`` -> ``("unet", "resnet34")``; ``"fcn8s"`` -> ``("fcn8s", None)``."""
+    model, _, encoder = name.partition("-")
+    return model, encoder or None
+
+
+def peer_missing(name: str) -> str | None:
+    """Why ``name`` has no PyTorch peer here (one line), or None when :func:`build` can make one."""
+    import importlib.util
+
+    model, encoder = split_name(name)
+    if model in ("fcn8s", "fcn16s", "fcn32s") or (model == "linknet" and encoder in RESNET_DEPTHS):
+        return None
+    if model not in REFERENCE_PEERS or encoder is None:
+        return f"no PyTorch peer for {name}"
+    if model == "fcn" and encoder not in ("resnet50", "resnet101"):
+        return f"torchvision has no FCN on {encoder}"
+    module = REFERENCE_PEERS[model][0]
+    if importlib.util.find_spec(module) is None:
+        return f"{module} is not installed (pip install {module.replace('_', '-')} for the {model} peer)"
+    return None
+
+
+def reference(model: str, encoder: str, num_classes: int) -> nn.Module:
+    """The reference implementation of ``model`` on ``encoder``, random weights, no auxiliary head."""
+    if model == "fcn":
+        from torchvision.models import segmentation
+
+        return getattr(segmentation, f"fcn_{encoder}")(weights=None, weights_backbone=None, aux_loss=False,
+                                                       num_classes=num_classes)
+    import segmentation_models_pytorch as smp
+
+    if model == "pspnet":
+        return DilatedPSPNet(encoder, num_classes)
+    if model == "deeplabv3plus":
+        return smp.DeepLabV3Plus(encoder, encoder_weights=None, encoder_output_stride=16,
+                                 decoder_atrous_rates=(6, 12, 18), classes=num_classes)
+    cls = {"unet": smp.Unet, "fpn": smp.FPN, "segformer": smp.Segformer}[model]
+    return cls(encoder, encoder_weights=None, classes=num_classes)
+
+
 def build(name: str, num_classes: int, width: float = 1.0) -> nn.Module:
-    """``fcn8s``, ``fcn16s``, ``fcn32s``, ``linknet-resnet18`` or ``linknet-resnet34``; ``width`` as fcnseg's."""
+    """``fcn8s``, ``fcn16s``, ``fcn32s``, ``linknet-resnet18/34`` (``width`` as fcnseg's), or a model of
+    ``REFERENCE_PEERS`` as ``MODEL-ENCODER`` (full width only: the references have no width)."""
     if name in ("fcn8s", "fcn16s", "fcn32s"):
         return FCN8s(num_classes, name, width)
-    if name.startswith("linknet-"):
-        return LinkNet(num_classes, name.split("-", 1)[1], width)
-    raise ValueError(f"no torch peer for {name!r}")
+    missing = peer_missing(name)
+    if missing:
+        raise ValueError(missing)
+    model, encoder = split_name(name)
+    if model == "linknet":
+        return LinkNet(num_classes, encoder, width)
+    if width != 1.0:
+        raise ValueError(f"the {model} reference has no width multiplier (asked for {width:g})")
+    return Peer(reference(model, encoder, num_classes), REFERENCE_PEERS[model][1])
