@@ -85,13 +85,13 @@ def format_catalog(models: list[ModelRow], encoders: list[EncoderRow]) -> str:
             lines.append(f"  {'':<{width}}{' ' * len(params)}  {m.summary}")
     if counted:
         lines.append("  (parameters: default encoder, width 1, random weights)")
-    lines += ["", "Encoders (channels at strides 2/4/8/16/32; --width narrows those marked *; "
+    lines += ["", "Encoders (channels at strides 2/4/8/16/32, - where it has none; --width narrows those marked *; "
                   "ImageNet weights with --encoder-weights imagenet):"]
     width = max([len(e.name) for e in encoders] + [7]) + 1
     for e in encoders:
         name = e.name + ("*" if e.scales_with_width else "")
         params = f"  {_millions(e.params):>8}" if any(r.params is not None for r in encoders) else ""
-        lines.append(f"  {name:<{width}}{params}  {'/'.join(str(c) for c in e.channels):<22}  "
+        lines.append(f"  {name:<{width}}{params}  {'/'.join(str(c) if c else '-' for c in e.channels):<22}  "
                      f"weights: {e.weights}; input: {e.preprocessing}")
     if not counted:
         lines += ["", "Parameter counts: fcnseg models --params (builds every network; slow)."]

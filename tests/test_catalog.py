@@ -35,7 +35,7 @@ def test_lists_every_model_with_its_encoders_default_first_and_every_encoder(mon
     for name, row in ENCODERS.items():
         line = model_line(result.output, name + ("*" if row.scales_with_width else ""))
         assert row.weights in line and PREPROCESSING[row.preprocess][1] in line
-        assert "/".join(map(str, row.channels)) in line
+        assert "/".join(str(c) if c else "-" for c in row.channels) in line
     assert "fcnseg models --params" in result.output
 
 
