@@ -39,6 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # this checkout's fcnseg, as the worker processes get it
 
 from fcnseg.errors import FcnsegError  # noqa: E402
+from fcnseg.machine import cpu_name  # noqa: E402
 
 BACKENDS = ("tensorflow", "jax", "torch")
 
@@ -47,15 +48,6 @@ class ToolError(Exception):
     """A bad option or a failed backend run: printed as one line."""
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -100,18 +100,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (or the platform's word for it elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 # --- choosing the runs ----------------------------------------------------------------------------
@@ -252,6 +240,8 @@ def gflops(model, height: int, width: int) -> float:
 
 def compare(args, log) -> dict | None:
     """Run every pair, write OUT/comparison.{json,md}; None when there is nothing to do."""
+    from fcnseg.machine import cpu_name
+
     if not os.path.isdir(args.data_dir):
         log(f"skipped: no CamVid at {args.data_dir} (see ../shared/data/README.md)")
         return None

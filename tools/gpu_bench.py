@@ -480,18 +480,14 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown CPU"
 
 
 def device_info(with_torch: bool) -> dict:
     """What ran it: jax.devices()[0].device_kind, torch.cuda.get_device_name(), versions, date."""
     import jax
     import keras
+
+    from fcnseg.machine import cpu_name
 
     dev = jax.devices()[0]
     info = {"jax_device": dev.device_kind if dev.platform != "cpu" else f"cpu ({cpu_name()})",
