@@ -22,8 +22,8 @@ from fcnseg.models.unet import unet
 MODELS = {"fcn8s": fcn8s, "fcn16s": fcn16s, "fcn32s": fcn32s, "linknet": linknet, "unet": unet, "fpn": fpn,
           "pspnet": pspnet, "deeplabv3plus": deeplabv3plus, "fcn": dilated_fcn, "segformer": segformer}
 
-# The encoders each model can take, its default first. FCN is the paper's VGG16 net (its fc6/fc7
-# are VGG16's classifier), so it takes no other.
+# The encoders each model can take, its default first. FCN-8s/16s/32s are the paper's VGG16 net (fc6/fc7
+# are VGG16's classifier), so they take no other.
 MODEL_ENCODERS: dict[str, tuple[str, ...]] = {
     "fcn8s": ("vgg16",), "fcn16s": ("vgg16",), "fcn32s": ("vgg16",),
     "linknet": ("resnet18", *(name for name in ENCODERS if name != "resnet18")),
