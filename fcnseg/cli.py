@@ -214,6 +214,9 @@ def train_option(*decls: str, help: str = "", **kwargs):
               help="Beta of the fbeta loss: one value, or one per class (e.g. 2 for cars, 0.5 for road)  "
                    f"[default: {','.join(f'{b:g}' for b in default('fbeta'))}]")
 @train_option("--focal-gamma", "focal_gamma", type=FiniteFloat())
+@train_option("--ema", "ema", type=FiniteFloat(), metavar="DECAY",
+              help="Validate and save an exponential moving average of the weights with this decay "
+                   "(e.g. 0.999; 0 = off); last_raw.keras keeps the raw weights.")
 @train_option("--accumulate", "accumulate", type=int,
               help="Accumulate gradients over N batches before each update (large images, small memory).")
 @train_option("--mixed-precision", "mixed_precision",

@@ -52,6 +52,7 @@ class TrainConfig:
     class_weights: tuple[float, ...] | None = None  # per-class loss weights (e.g. median frequency)
     fbeta: tuple[float, ...] = (1.0,)  # F-beta loss: one beta or one per class
     focal_gamma: float = 2.0  # focal loss focusing parameter
+    ema: float = 0.0  # decay of the weights' moving average that is validated and saved (0 = off)
     accumulate: int = 1  # apply gradients every N batches (large images on small memory)
     mixed_precision: str | None = None  # None | float16 | bfloat16 (softmax and loss stay float32)
     strategy: str = "default"  # default | mirrored | multiworker (reads TF_CONFIG)
@@ -129,7 +130,8 @@ BOUNDS: dict[str, tuple[float, bool, float | None]] = {
     "epochs": (1, False, None), "batch_size": (1, False, None), "steps_per_epoch": (1, False, None),
     "val_steps": (1, False, None), "accumulate": (1, False, None), "image_every": (0, False, None),
     "num_images": (0, False, None), "save_every": (1, False, None), "image_size": (8, False, None),
-    "freeze_encoder_epochs": (0, False, None), "encoder_lr_mult": (0, False, None)}
+    "freeze_encoder_epochs": (0, False, None), "encoder_lr_mult": (0, False, None),
+    "ema": (0, False, 0.9999)}
 
 # Options whose name is not "--" + the field's name with dashes.
 _OPTION_NAMES = {"learning_rate": "--lr", "jit_compile": "--jit", "augment": "--no-augment",

@@ -5,6 +5,7 @@ A run directory holds everything about one run::
     RUN_DIR/config.json     the resolved TrainConfig (what --resume and --config read back)
     RUN_DIR/best.keras      best checkpoint by the chosen validation metric
     RUN_DIR/last.keras      checkpoint after the latest epoch
+    RUN_DIR/last_raw.keras  with --ema: the latest epoch's raw (not averaged) weights
     RUN_DIR/state/          optimizer + weights + step, every --save-every steps
     RUN_DIR/history.json    validation figures per epoch
     RUN_DIR/logs/{train,val}  TensorBoard event files
@@ -17,6 +18,7 @@ epoch (validation, checkpoints, history, the saved state).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -148,6 +150,7 @@ class _Run:
     train_seconds: float = 0.0  # the current epoch's training time
     writers: Any = None  # fcnseg.summaries.Writers, opened once the run is restored
     encoder: list = field(default_factory=list)  # the model's encoder layers (--freeze-encoder-epochs)
+    average: Any = None  # fcnseg.ema.WeightAverage with --ema, else None
 
 
 def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Run:
@@ -156,6 +159,7 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
     import tensorflow as tf
 
     from fcnseg import heads, losses, sources
+    from fcnseg.ema import WeightAverage
     from fcnseg.models.encoders import encoder_layers
     from fcnseg.optimizers import make_optimizer, scale_learning_rate
 
@@ -189,19 +193,21 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
         scale_learning_rate(optimizer, [v for layer in encoder for v in layer.trainable_variables],
                             config.encoder_lr_mult)
         counters = _state_variables()
+        average = WeightAverage(model, config.ema) if config.ema else None
     opts = losses.LossOptions(class_weights=config.class_weights, fbeta=tuple(config.fbeta),
                               focal_gamma=config.focal_gamma)
     loss_fn = losses.make_loss(config.loss, num_classes, opts, config.head)
-    state = tf.train.Checkpoint(model=model, optimizer=optimizer, **counters)
+    extra = {"ema": average.shadow} if average else {}
+    state = tf.train.Checkpoint(model=model, optimizer=optimizer, **counters, **extra)
     val_ds = source.valid_dataset(config.batch_size)
     return _Run(
         config=config, chief=chief, work_dir=work_dir, strategy=strategy, source=source, model=model,
-        optimizer=optimizer, train_step=_make_train_step(config, strategy, model, optimizer, loss_fn),
+        optimizer=optimizer, train_step=_make_train_step(config, strategy, model, optimizer, loss_fn, average),
         eval_loss=losses.make_loss(config.loss, num_classes, opts, config.head),
         val_ds=val_ds.take(config.val_steps) if config.val_steps else val_ds,
         shown=_fixed_samples(source, config.num_images), state=state,
         manager=tf.train.CheckpointManager(state, os.path.join(work_dir, "state"), max_to_keep=1),
-        steps_per_epoch=steps_per_epoch, deadline=deadline, encoder=encoder,
+        steps_per_epoch=steps_per_epoch, deadline=deadline, encoder=encoder, average=average,
         meta={"model": config.model, "encoder": model_encoder(config), "head": config.head, "source": source.describe(),
               "config": config.to_json()}, **counters)
 
@@ -281,8 +287,9 @@ def _state_variables() -> dict:
             "loss_count": tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch_loss_count")}
 
 
-def _make_train_step(config: TrainConfig, strategy, model, optimizer, loss_fn):
+def _make_train_step(config: TrainConfig, strategy, model, optimizer, loss_fn, average=None):
     """One compiled optimizer step over a (distributed) batch: returns (mean loss, learning rate).
+    With ``average`` (--ema) the step also moves the weight averages.
 
     The learning rate is read in the step, after the update, so the loop needs no
     second (eager) evaluation of the schedule per step to log it.
@@ -304,6 +311,8 @@ def _make_train_step(config: TrainConfig, strategy, model, optimizer, loss_fn):
     @tf.function(jit_compile=config.jit_compile or None)
     def train_step(images, labels):
         per_replica = strategy.run(step_fn, args=(images, labels))
+        if average is not None:  # cross-replica context: the weights are in sync after the update
+            average.update(optimizer.iterations)
         return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None), optimizer.learning_rate
 
     return train_step
@@ -317,7 +326,8 @@ def _freeze_encoder(run: _Run, frozen: bool, log) -> None:
     for layer in run.encoder:
         layer.trainable = not frozen
     log(f"encoder {'frozen' if frozen else 'unfrozen'} (--freeze-encoder-epochs {run.config.freeze_encoder_epochs})")
-    run.train_step = _make_train_step(run.config, run.strategy, run.model, run.optimizer, run.eval_loss)
+    run.train_step = _make_train_step(run.config, run.strategy, run.model, run.optimizer, run.eval_loss,
+                                      run.average)
 
 
 # --- restoring a run: --resume loads the last saved state and the history it committed ------------
@@ -452,8 +462,12 @@ def _end_epoch(run: _Run, epoch: int, log) -> None:
 
     t0, now = time.time(), int(run.step.numpy())
     kill_point("epoch_end", epoch + 1)
-    scores, val_loss = _validation(run, epoch, now)
-    improved = _save_checkpoints(run, epoch, scores)
+    if run.average is not None:
+        _save_raw(run, epoch)
+    # With --ema the averaged weights are validated and saved; the raw ones train on.
+    with run.average.swapped() if run.average is not None else contextlib.nullcontext():
+        scores, val_loss = _validation(run, epoch, now)
+        improved = _save_checkpoints(run, epoch, scores)
     run.history.append({
         "epoch": epoch + 1, "step": now, "train_loss": _epoch_train_loss(run), "val_loss": val_loss,
         "seconds": round(time.time() - t0 + run.train_seconds, 1), "train_seconds": round(run.train_seconds, 1),
@@ -516,6 +530,13 @@ def _save_checkpoints(run: _Run, epoch: int, scores: dict) -> bool:
     checkpoint.save(run.model, os.path.join(run.work_dir, "last.keras"), meta)
     kill_point("last_saved", epoch + 1)
     return improved
+
+
+def _save_raw(run: _Run, epoch: int) -> None:
+    """last_raw.keras: the raw weights beside the averaged last.keras (--ema), to compare the two."""
+    from fcnseg import checkpoint
+
+    checkpoint.save(run.model, os.path.join(run.work_dir, "last_raw.keras"), run.meta | {"epoch": epoch + 1})
 
 
 def _epoch_train_loss(run: _Run) -> float | None:
