@@ -30,7 +30,8 @@ def test_recipe_trains_until_the_clock_and_reports_both_vals(tmp_path, capsys):
     out = tmp_path / "out"
     minutes = 0.4
     recipe.main(["--minutes", str(minutes), "--data-dir", str(data), "--out", str(out), "--width", "16",
-                 "--height", "12", "--batch-size", "2", "--precision", "float32", "--model-width", "0.125"])
+                 "--height", "12", "--batch-size", "2", "--precision", "float32", "--model-width", "0.125",
+                 "--ema", "0.9"])
     summary = json.loads((out / "val_scores.json").read_text())
     # 0001TP held out: train is the 6 other frames of train+val, 3 steps per epoch at batch 2
     assert summary["steps_per_epoch"] == 3
@@ -42,11 +43,17 @@ def test_recipe_trains_until_the_clock_and_reports_both_vals(tmp_path, capsys):
     assert summary["config"]["source_options"] == {"val_sequences": "0001TP"}
     assert summary["held_out"]["images"] == 2 and summary["standard_val"]["images"] == 2
     assert set(summary["held_out"]["per_class"]) >= {"Road", "Car", "Bicyclist"}
+    # one run, three held-out figures: the averaged weights, the same with flip averaging, the raw weights
+    assert summary["config"]["ema"] == 0.9
+    assert summary["held_out_flip"]["images"] == 2 and summary["held_out_raw"]["images"] == 2
+    assert "flip TTA" in summary["held_out_flip"]["protocol"] and "flip" not in summary["held_out"]["protocol"]
+    assert summary["held_out_raw"]["checkpoint"].endswith("last_raw.keras")
     cpu = recipe.cpu_model()
     assert summary["cpu"] == cpu and "cores" in cpu
     table = (out / "val_table.md").read_text()
     assert "held-out sequences 0001TP (new streets)" in table and "standard val (0016E5; its frames were trained" in table
-    assert table.count("| Road |") == 2 and table.count(cpu) == 2
+    assert table.count("| Road |") == 4 and table.count(cpu) == 4
+    assert "same checkpoint with flip averaging" in table and "raw weights (last_raw.keras" in table
     assert "budget (--max-minutes) ran out" in capsys.readouterr().out
     assert not (out / "pilot").exists()
 

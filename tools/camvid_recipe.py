@@ -90,7 +90,7 @@ def recipe_config(args, run_dir: str, epochs: int, steps_per_epoch: int | None, 
         steps_per_epoch=steps_per_epoch, learning_rate=args.lr, schedule="onecycle",
         loss="ce", class_weights=CLASS_WEIGHTS[args.weights], augment=True, image_every=0, seed=args.seed,
         run_dir=run_dir, save_every=10**9, max_minutes=max_minutes,
-        mixed_precision=None if args.precision == "float32" else args.precision,
+        mixed_precision=None if args.precision == "float32" else args.precision, ema=getattr(args, "ema", 0.0),
     )
 
 
@@ -143,6 +143,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="exploratory, not tuned: train on random --width x --height crops of the 480x360 "
                              "frames at their stored scale (thin classes keep their pixels) instead of whole "
                              "frames shrunk to that size; validation and inference then run whole 480x360 frames")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                        help="fcnseg train --ema: evaluate a moving average of the weights (0 = off); the raw "
+                             "weights of the same run are scored on the held-out split too, for comparison")
     parser.add_argument("--model-width", type=float, default=1.0,
                         help="filter-count multiplier (1.0 = LinkNet-ResNet18; smaller for quick checks)")
     return parser.parse_args(argv)
@@ -197,6 +200,10 @@ def split_label(args, key: str) -> str:
     """What each figure measures, written beside it."""
     if key == "held_out":
         return f"held-out sequences {args.val_sequences} (new streets)"
+    if key == "held_out_flip":
+        return f"held-out sequences {args.val_sequences}, same checkpoint with flip averaging (evaluate --flip)"
+    if key == "held_out_raw":
+        return f"held-out sequences {args.val_sequences}, the same run's raw weights (last_raw.keras, no --ema)"
     if args.val_sequences:
         return "standard val (0016E5; its frames were trained on with held-out sequences)"
     return "standard val (0016E5, a street train also holds)"
@@ -213,20 +220,28 @@ def train_steps_per_epoch(data_dir: str, batch_size: int, val_sequences: str = "
 def evaluate_splits(args, checkpoint: str, log) -> dict:
     """{"held_out": ..., "standard_val": ...} (held_out only with --val-sequences), each by ``fcnseg
     evaluate``'s protocol (the model at its training size, probabilities resized bilinearly to the
-    labels' 480x360); also written to ``OUT/evaluate_<split>.json``."""
+    labels' 480x360); also written to ``OUT/evaluate_<split>.json``. On the held-out split, the
+    same checkpoint with flip averaging ("held_out_flip") and, with --ema, the run's raw weights
+    ("held_out_raw") too: each a before/after from one run."""
     results = {}
     if getattr(args, "val_sequences", ""):
-        results["held_out"] = evaluate_val(args, checkpoint, log, {"val_sequences": args.val_sequences}, "held_out")
+        held_out = {"val_sequences": args.val_sequences}
+        results["held_out"] = evaluate_val(args, checkpoint, log, held_out, "held_out")
+        results["held_out_flip"] = evaluate_val(args, checkpoint, log, held_out, "held_out_flip", flip=True)
+        raw = os.path.join(os.path.dirname(checkpoint), "last_raw.keras")
+        if getattr(args, "ema", 0.0) and os.path.exists(raw):
+            results["held_out_raw"] = evaluate_val(args, raw, log, held_out, "held_out_raw")
     results["standard_val"] = evaluate_val(args, checkpoint, log, {}, "standard_val")
     return results
 
 
-def evaluate_val(args, checkpoint: str, log, source_options: dict | None = None, name: str = "") -> dict:
+def evaluate_val(args, checkpoint: str, log, source_options: dict | None = None, name: str = "",
+                 flip: bool = False) -> dict:
     """Val scores by ``fcnseg evaluate``'s protocol; also written to ``OUT/evaluate[_name].json``."""
     from fcnseg.evaluate import EvaluateConfig, evaluate
 
     config = EvaluateConfig(checkpoint, "camvid", args.data_dir, source_options=source_options or {}, split="val",
-                            output=os.path.join(args.out, f"evaluate{'_' + name if name else ''}.json"))
+                            flip=flip, output=os.path.join(args.out, f"evaluate{'_' + name if name else ''}.json"))
     return evaluate(config, log=log)
 
 
