@@ -51,7 +51,8 @@ def save(model, path: str, meta: dict) -> None:
 class Checkpoint:
     """A loaded checkpoint: what ``fcnseg.load`` returns."""
 
-    model: Any  # the keras.Model: float32 RGB 0..255 images (B, H, W, 3) -> logits (B, H, W, C)
+    # The keras.Model: float32 RGB 0..255 images (B, H, W, 3) -> logits (B, H, W, C), C = 1 for a sigmoid head.
+    model: Any
     classes: ClassTable  # class names, colours and ignore label of the data it was trained on
     meta: dict  # everything fcnseg saved beside it (fcnseg.json): source, model name, training config
 
