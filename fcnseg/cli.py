@@ -234,6 +234,9 @@ def train_option(*decls: str, help: str = "", **kwargs):
                    "lyft ((F0.5(road)+F2(vehicles))/2), a class's iou(C), dice(C), precision(C), recall(C), "
                    "fbeta(C,BETA), or a weighted sum such as 'fbeta(road,0.5)+fbeta(vehicles,2)'.")
 @click.option("--no-augment", is_flag=True, help="Train without random scale/crop/flip/colour jitter.")
+@train_option("--augment-preset", "augment_preset",
+              help="How strong the augmentation is: default, or strong (wider brightness/contrast/saturation/gamma "
+                   "jitter, for test images lit otherwise than training's).")
 @train_option("--seed", "seed", type=int)
 @train_option("--run-dir", "run_dir", default=None, type=click.Path(),
               help="Where checkpoints, config and TensorBoard logs go (default: runs/DATE-TIME-MODEL).")

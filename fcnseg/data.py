@@ -36,6 +36,10 @@ class Augment:
 
 
 NO_AUGMENT = Augment(scale=(1.0, 1.0), flip=False, brightness=0.0, contrast=0.0, saturation=0.0, gamma=0.0)
+# --augment-preset: "strong" widens the photometric jitter (about torchvision's ColorJitter(0.4, 0.4, 0.4)
+# plus gamma 0.5-1.5) for data whose test images may be lit otherwise than training's, e.g. CamVid's dusk
+# sequence 0001TP (mean grey 59) against the daylight ones (100-139); the geometry stays the default's.
+AUGMENTS = {"default": Augment(), "strong": Augment(brightness=0.25, contrast=0.4, saturation=0.4, gamma=0.5)}
 
 
 # ---------------------------------------------------------------- decoding

@@ -62,6 +62,7 @@ class TrainConfig:
     image_every: int = 1  # epochs between TensorBoard image overlays (0 = never)
     num_images: int = 4  # validation samples shown in TensorBoard
     augment: bool = True  # random scale/crop/flip + photometric jitter on training images
+    augment_preset: str = "default"  # a key of fcnseg.data.AUGMENTS: how strong that augmentation is
     seed: int = 0
     run_dir: str = "runs/run"
     save_every: int = 200  # steps between resumable state saves
@@ -106,6 +107,12 @@ def _heads() -> tuple:
     return tuple(HEADS)
 
 
+def _augments() -> tuple:
+    from fcnseg.data import AUGMENTS
+
+    return tuple(AUGMENTS)
+
+
 def _optimizers() -> tuple:
     from fcnseg.optimizers import OPTIMIZERS
 
@@ -121,7 +128,7 @@ def _schedules() -> tuple:
 # The fields that take one of a set of names, and where the names come from.
 CHOICES: dict[str, Callable[[], tuple]] = {
     "model": _models, "encoder": _encoders, "head": _heads, "optimizer": _optimizers, "schedule": _schedules,
-    "strategy": lambda: STRATEGIES, "mixed_precision": lambda: PRECISIONS}
+    "augment_preset": _augments, "strategy": lambda: STRATEGIES, "mixed_precision": lambda: PRECISIONS}
 
 # Bounds of the numeric fields: (lowest, lowest excluded, highest); image_size bounds each side.
 BOUNDS: dict[str, tuple[float, bool, float | None]] = {

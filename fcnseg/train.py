@@ -440,7 +440,7 @@ def _epoch_dataset(run: _Run, epoch: int, done_in_epoch: int):
     # A fresh, epoch-seeded pipeline: order and augmentation depend only on
     # (seed, epoch), which is what lets --resume pick up mid-epoch exactly.
     ds = run.source.dataset("train", config.batch_size, training=True, seed=config.seed + epoch,
-                            augment=None if config.augment else _no_augment())
+                            augment=_augment(config))
     ds = ds.repeat().skip(done_in_epoch).take(spe - done_in_epoch)
     if config.strategy != "default":
         options = tf.data.Options()
@@ -613,10 +613,11 @@ def open_run_dir(run_dir: str, resume: bool):
     return folder
 
 
-def _no_augment():
-    from fcnseg.data import NO_AUGMENT
+def _augment(config: TrainConfig):
+    """The training augmentation: --augment-preset's, or none with --no-augment."""
+    from fcnseg.data import AUGMENTS, NO_AUGMENT
 
-    return NO_AUGMENT
+    return AUGMENTS[config.augment_preset] if config.augment else NO_AUGMENT
 
 
 def _current_lr(optimizer) -> float:

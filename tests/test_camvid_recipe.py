@@ -90,3 +90,17 @@ def test_native_crops_option_trains_on_crops_of_the_stored_frames(tmp_path):
     assert images.shape == (2, 16, 32, 3) and labels.shape == (2, 16, 32)
     plain = recipe.recipe_config(recipe.parse_args(["--data-dir", str(data)]), str(tmp_path / "run"), 10, None, 1.0)
     assert plain.image_size == (320, 240) and "train_crop" not in plain.source_options
+
+
+def test_augment_preset_and_ema_reach_the_training_config(tmp_path):
+    from fcnseg.data import AUGMENTS
+
+    recipe = load_recipe()
+    args = recipe.parse_args(["--augment-preset", "strong", "--ema", "0.998"])
+    config = recipe.recipe_config(args, str(tmp_path / "run"), 10, None, 1.0)
+    assert config.augment_preset == "strong" and config.ema == 0.998
+    assert recipe.recipe_config(recipe.parse_args([]), str(tmp_path / "r"), 10, None, 1.0).augment_preset == "default"
+    # strong widens every photometric range and leaves the geometry alone
+    strong, default = AUGMENTS["strong"], AUGMENTS["default"]
+    assert all(getattr(strong, k) > getattr(default, k) for k in ("brightness", "contrast", "saturation", "gamma"))
+    assert (strong.scale, strong.flip) == (default.scale, default.flip)

@@ -89,6 +89,7 @@ def recipe_config(args, run_dir: str, epochs: int, steps_per_epoch: int | None, 
         width=getattr(args, "model_width", 1.0), source_options=options, image_size=image_size, epochs=epochs, batch_size=args.batch_size,
         steps_per_epoch=steps_per_epoch, learning_rate=args.lr, schedule="onecycle",
         loss="ce", class_weights=CLASS_WEIGHTS[args.weights], augment=True, image_every=0, seed=args.seed,
+        augment_preset=getattr(args, "augment_preset", "default"),
         run_dir=run_dir, save_every=10**9, max_minutes=max_minutes,
         mixed_precision=None if args.precision == "float32" else args.precision, ema=getattr(args, "ema", 0.0),
     )
@@ -123,6 +124,12 @@ def resolve_precision(choice: str) -> str:
     return "bfloat16" if cpu_has_amx() or tf.config.list_physical_devices("GPU") else "float32"
 
 
+def augment_presets() -> tuple:
+    from fcnseg.data import AUGMENTS
+
+    return tuple(AUGMENTS)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget for training")
@@ -143,6 +150,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="exploratory, not tuned: train on random --width x --height crops of the 480x360 "
                              "frames at their stored scale (thin classes keep their pixels) instead of whole "
                              "frames shrunk to that size; validation and inference then run whole 480x360 frames")
+    parser.add_argument("--augment-preset", default="default", choices=sorted(augment_presets()),
+                        help="fcnseg train --augment-preset: strong widens the photometric jitter")
     parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                         help="fcnseg train --ema: evaluate a moving average of the weights (0 = off); the raw "
                              "weights of the same run are scored on the held-out split too, for comparison")
