@@ -31,7 +31,7 @@ def test_recipe_trains_until_the_clock_and_reports_both_vals(tmp_path, capsys):
     minutes = 0.4
     recipe.main(["--minutes", str(minutes), "--data-dir", str(data), "--out", str(out), "--width", "16",
                  "--height", "12", "--batch-size", "2", "--precision", "float32", "--model-width", "0.125",
-                 "--ema", "0.9"])
+                 "--ema", "0.9", "--no-native-crops"])
     summary = json.loads((out / "val_scores.json").read_text())
     # 0001TP held out: train is the 6 other frames of train+val, 3 steps per epoch at batch 2
     assert summary["steps_per_epoch"] == 3
@@ -81,15 +81,15 @@ def test_native_crops_option_trains_on_crops_of_the_stored_frames(tmp_path):
 
     recipe = load_recipe()
     data = write_camvid(tmp_path / "camvid", FRAMES)
-    args = recipe.parse_args(["--data-dir", str(data), "--native-crops", "--width", "32", "--height", "16"])
+    args = recipe.parse_args(["--data-dir", str(data), "--width", "32", "--height", "16"])  # the default
     config = recipe.recipe_config(args, str(tmp_path / "run"), 10, None, 1.0)
     assert config.image_size == (480, 360)
     assert config.source_options == {"val_sequences": "0001TP", "train_crop": "32x16"}
+    shrunk = recipe.recipe_config(recipe.parse_args(["--no-native-crops"]), str(tmp_path / "r"), 10, None, 1.0)
+    assert shrunk.image_size == (320, 240) and "train_crop" not in shrunk.source_options
     source = sources.load("camvid", str(data), config.image_size, **config.source_options)
     images, labels = next(iter(source.dataset("train", 2, training=True)))
     assert images.shape == (2, 16, 32, 3) and labels.shape == (2, 16, 32)
-    plain = recipe.recipe_config(recipe.parse_args(["--data-dir", str(data)]), str(tmp_path / "run"), 10, None, 1.0)
-    assert plain.image_size == (320, 240) and "train_crop" not in plain.source_options
 
 
 def test_augment_preset_and_ema_reach_the_training_config(tmp_path):
