@@ -113,6 +113,14 @@ def source_options(fn):
     return fn
 
 
+def scales_option(fn):
+    """--scales: multi-scale test-time augmentation for predict and evaluate."""
+    return click.option("--scales", default=None, metavar="S1,S2,...",
+                        callback=lambda c, p, v: parse_floats(v, "--scales"),
+                        help="Average the probabilities of the model run at these multiples of the --size/--scale "
+                             "resolution, e.g. 0.75,1,1.25 (multi-scale test-time augmentation).")(fn)
+
+
 def inference_size_options(fn):
     """--size / --scale: where predict, evaluate and export run the model (fcnseg.inference.resolution)."""
     fn = click.option("--scale", default=None, type=FiniteFloat(0, 16, min_open=True), metavar="S",
@@ -349,6 +357,7 @@ def check_labels(data_source, data_dir, source_option, split, previews_dir, num_
 @click.option("--overlap", default=1 / 3, show_default=True, type=FiniteFloat(0, 1, max_open=True),
               help="Fraction of a window shared with its neighbour.")
 @click.option("--flip", is_flag=True, help="Average with the prediction of the horizontally flipped image.")
+@scales_option
 @click.option("--beta", default=1.0, show_default=True, type=FiniteFloat(min=0, min_open=True),
               help="Beta of the per-class F-beta column.")
 @click.option("--monitor", default=None, metavar="EXPR",
@@ -356,15 +365,15 @@ def check_labels(data_source, data_dir, source_option, split, previews_dir, num_
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="Also write every figure and the confusion matrix to this JSON file.")
 @reports_errors
-def evaluate(checkpoint, data_source, data_dir, source_option, split, size, scale, window, overlap, flip, beta,
-             monitor, output):
+def evaluate(checkpoint, data_source, data_dir, source_option, split, size, scale, window, overlap, flip, scales,
+             beta, monitor, output):
     """Per-class IoU, accuracy, precision, F-beta and Dice of a checkpoint on a split (void ignored),
     from one confusion matrix over the whole split at label resolution; MaxF/AP for binary tasks."""
     from fcnseg.evaluate import EvaluateConfig, evaluate as run_evaluate, format_table
 
     config = EvaluateConfig(checkpoint=checkpoint, data_source=data_source, data_dir=data_dir,
                             source_options=parse_source_options(source_option), split=split, size=size,
-                            scale=scale, window=window, overlap=overlap, flip=flip, beta=beta, monitor=monitor,
+                            scale=scale, window=window, overlap=overlap, flip=flip, scales=scales, beta=beta, monitor=monitor,
                             output=output)
     result = run_evaluate(config, log=click.echo,
                           progress=lambda n: click.progressbar(length=n, label="evaluating", file=sys.stderr))
@@ -448,6 +457,7 @@ def _morphology_value(value: str) -> tuple[str, int]:
 @click.option("--overlap", default=0.5, show_default=True, type=FiniteFloat(0, 1, max_open=True),
               help="Fraction of a window shared with its neighbour.")
 @click.option("--flip", is_flag=True, help="Test-time augmentation: average with the horizontally flipped image.")
+@scales_option
 @click.option("--alpha", default=0.5, show_default=True, type=FiniteFloat(0, 1),
               help="Weight of the class colour in the overlay.")
 @click.option("--threshold", multiple=True, metavar="CLASS=P",
@@ -465,8 +475,8 @@ def _morphology_value(value: str) -> tuple[str, int]:
 @click.option("--static-mask-class", default="void", show_default=True,
               help="Class name, train id or 'void' for the --static-mask pixels.")
 @reports_errors
-def predict(checkpoint, inputs, output_dir, batch_size, size, scale, window, overlap, flip, alpha, threshold,
-            claim, morphology, static_mask, static_mask_class):
+def predict(checkpoint, inputs, output_dir, batch_size, size, scale, window, overlap, flip, scales, alpha,
+            threshold, claim, morphology, static_mask, static_mask_class):
     """Segment images, folders, globs or videos (frame by frame) with a checkpoint.
 
     Writes three PNGs per image or video frame: the label (uint8 train ids, void = the
@@ -479,8 +489,7 @@ def predict(checkpoint, inputs, output_dir, batch_size, size, scale, window, ove
 
     config = PredictConfig(
         checkpoint=checkpoint, inputs=inputs, output_dir=output_dir, batch_size=batch_size, size=size, scale=scale,
-        window=window,
-        overlap=overlap, flip=flip, alpha=alpha, thresholds=parse_pairs(threshold, "--threshold", float),
+        window=window, overlap=overlap, flip=flip, scales=scales, alpha=alpha, thresholds=parse_pairs(threshold, "--threshold", float),
         claims=parse_pairs(claim, "--claim", float),
         morphology=tuple((c, op, k) for c, (op, k) in parse_pairs(morphology, "--morphology", _morphology_value)),
         static_mask=static_mask, static_class=static_mask_class,

@@ -66,6 +66,7 @@ class EvaluateConfig:
     window: tuple[int, int] | None = None  # sliding-window inference with (W, H) tiles (native resolution)
     overlap: float = 1 / 3  # sliding-window overlap
     flip: bool = False  # average with the horizontally flipped prediction
+    scales: tuple[float, ...] | None = None  # multi-scale TTA: multiples of the resolution, averaged
     beta: float = 1.0  # beta of the per-class F-beta figure
     monitor: str | None = None  # a --monitor expression to report too (fcnseg.monitor), e.g. "lyft"
     output: str | None = None  # JSON file for the results
@@ -76,7 +77,8 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
     if config.output:
         _check_writable(config.output)
     # A bad --size/--scale is refused before the slow model load.
-    res = resolution(checkpoint.read_meta(config.checkpoint), config.size, config.scale, config.window)
+    res = resolution(checkpoint.read_meta(config.checkpoint), config.size, config.scale, config.window,
+                     config.scales)
     model, _, table = checkpoint.load(config.checkpoint)
     source = sources.load(config.data_source, config.data_dir, None, 0, **config.source_options)
     if source.num_classes != table.num_classes or tuple(source.class_names) != tuple(table.class_names):

@@ -41,6 +41,8 @@ class Resolution:
 
     size: tuple[int, int] | None = None
     scale: float | None = None
+    # Multi-scale test-time augmentation: multiples of that resolution whose probabilities are averaged.
+    scales: tuple[float, ...] = (1.0,)
 
     @property
     def native(self) -> bool:
@@ -54,18 +56,44 @@ class Resolution:
             return max(1, round(height * self.scale)), max(1, round(width * self.scale))
         return height, width
 
+    def scaled_hw(self, height: int, width: int) -> list[tuple[int, int]]:
+        """(h, w) of each run of an image of ``height`` x ``width``: ``target_hw`` times each of ``scales``."""
+        h, w = self.target_hw(height, width)
+        return [(max(1, round(h * s)), max(1, round(w * s))) for s in self.scales]
+
     def describe(self) -> str:
         if self.size is not None:
-            return f"whole image resized to {self.size[0]}x{self.size[1]}, probabilities resized back"
-        if self.scale is not None:
-            return f"whole image scaled by {self.scale:g}, probabilities resized back"
-        return "whole image at native size"
+            how = f"whole image resized to {self.size[0]}x{self.size[1]}, probabilities resized back"
+        elif self.scale is not None:
+            how = f"whole image scaled by {self.scale:g}, probabilities resized back"
+        else:
+            how = "whole image at native size"
+        if self.scales != (1.0,):
+            how += f", averaged over scales {'/'.join(f'{s:g}' for s in self.scales)} of that"
+        return how
 
 
 def resolution(meta: dict, size: str | None = "train", scale: float | None = None,
-               window: tuple[int, int] | None = None) -> Resolution:
+               window: tuple[int, int] | None = None, scales: tuple[float, ...] | None = None) -> Resolution:
     """The resolution ``--size`` (train | native | WxH) and ``--scale S`` ask for; by default the
-    checkpoint's training size (``meta["source"]["image_size"]``). ``--window`` tiles at native size."""
+    checkpoint's training size (``meta["source"]["image_size"]``). ``--window`` tiles at native size.
+    ``--scales`` averages the runs at these multiples of that resolution."""
+    import dataclasses
+
+    base = _base_resolution(meta, size, scale, window)
+    if scales is None or tuple(scales) == (1.0,):
+        return base
+    from fcnseg.errors import FcnsegError
+
+    if window is not None:
+        raise FcnsegError("--scales and --window both choose how the model sees the image; give one")
+    if not scales or not all(0.0 < s <= 4.0 for s in scales):
+        raise FcnsegError(f"--scales {','.join(f'{s:g}' for s in scales)}: each must be above 0 and at most 4")
+    return dataclasses.replace(base, scales=tuple(float(s) for s in scales))
+
+
+def _base_resolution(meta: dict, size: str | None, scale: float | None,
+                     window: tuple[int, int] | None) -> Resolution:
     from fcnseg.errors import FcnsegError
 
     explicit_size = size not in (None, "train")
@@ -145,14 +173,16 @@ def run_at_resolution(infer: Infer, images: np.ndarray, res: Resolution,
     ``out_hw`` (default: the images' own (H, W)). The one path predict and evaluate share."""
     h, w = images.shape[1:3]
     out_hw = tuple(out_hw or (h, w))
-    model_hw = res.target_hw(h, w)
-    batch = images.astype(np.float32)
-    if model_hw != (h, w):
-        batch = resize_images(batch, model_hw)
-    probs = infer(batch)
-    if tuple(probs.shape[1:3]) != out_hw:
-        probs = resize_probabilities(probs, out_hw)
-    return np.asarray(probs)
+    total = None
+    for model_hw in res.scaled_hw(h, w):
+        batch = images.astype(np.float32)
+        if model_hw != (h, w):
+            batch = resize_images(batch, model_hw)
+        probs = infer(batch)
+        if tuple(probs.shape[1:3]) != out_hw:
+            probs = resize_probabilities(probs, out_hw)
+        total = np.asarray(probs) if total is None else total + np.asarray(probs)
+    return total / len(res.scales) if len(res.scales) > 1 else total
 
 
 def window_starts(length: int, window: int, overlap: float) -> list[int]:

@@ -54,6 +54,7 @@ class PredictConfig:
     scale: float | None = None  # instead of size: run each image scaled by this factor
     overlap: float = 0.5  # fraction of the window shared by neighbouring tiles
     flip: bool = False  # average with the prediction on the horizontally flipped image
+    scales: tuple[float, ...] | None = None  # multi-scale TTA: multiples of the resolution, averaged
     alpha: float = 0.5  # weight of the class colour in the overlay
     thresholds: tuple[tuple[str, float], ...] = ()  # (class, min probability) pairs
     morphology: tuple[tuple[str, str, int], ...] = ()  # (class, erode|dilate|open|close, kernel size)
@@ -346,7 +347,8 @@ def predict(config: PredictConfig, log: Callable[[str], None] = print,
     if not files:  # nothing to do is a mistake (an empty folder, a glob typo), not a success
         raise FcnsegError(f"no input files: {'; '.join(_describe_empty(item) for item in config.inputs)}")
     # A missing or foreign checkpoint, or a bad --size/--scale: refused before any folder is made.
-    res = resolution(checkpoint.read_meta(config.checkpoint), config.size, config.scale, config.window)
+    res = resolution(checkpoint.read_meta(config.checkpoint), config.size, config.scale, config.window,
+                     config.scales)
     created = check_output_dir(config.output_dir)  # before the slow model load
     try:
         model, _, table = checkpoint.load(config.checkpoint)

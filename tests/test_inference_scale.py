@@ -236,3 +236,51 @@ def test_exported_tflite_at_another_input_size_resizes_inside_like_predict(ckpt,
     outputs = interpreter.get_signature_runner("serving_default")(images=images)
     assert outputs["probabilities"].shape == (1, IMG_H, IMG_W, 11)
     assert (outputs["classes"] == expected).mean() >= 0.99
+
+
+def test_multi_scale_averages_the_probabilities_at_each_scale(ckpt, camvid, tmp_path):
+    """--scales 0.5,1: the mean of the probabilities at 0.5x and 1x the training size, each resized
+    back; predict and evaluate agree on it, and it differs from either scale alone."""
+    import tensorflow as tf
+
+    from fcnseg import checkpoint
+
+    model = checkpoint.load(str(ckpt))[0]
+    name = "0016E5_00001.png"
+    result = run("predict", "--checkpoint", ckpt, camvid / "val" / name, "-o", tmp_path / "ms", "--scales", "0.5,1")
+    assert result.exit_code == 0, result.output
+    image = cv2.imread(str(camvid / "val" / name))[..., ::-1]
+
+    def probs(model_hw):
+        small = tf.image.resize(image[None].astype(np.float32), model_hw, antialias=True)
+        p = tf.nn.softmax(model(small, training=False), axis=-1)
+        return tf.image.resize(p, image.shape[:2], method="bilinear")[0].numpy()
+
+    half, whole = probs((TRAIN_H // 2, TRAIN_W // 2)), probs((TRAIN_H, TRAIN_W))
+    want = ((half + whole) / 2).argmax(-1)
+    got = cv2.imread(str(tmp_path / "ms" / name.replace(".png", "_label.png")), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(want, half.argmax(-1)) or not np.array_equal(want, whole.argmax(-1))
+
+    result = run("predict", "--checkpoint", ckpt, camvid / "val", "-o", tmp_path / "all", "--scales", "0.5,1")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "eval.json"
+    result = run("evaluate", "--checkpoint", ckpt, "--data-source", "camvid", "--data-dir", camvid,
+                 "--scales", "0.5,1", "--output", out)
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(out.read_text())
+    assert "averaged over scales 0.5/1 of that" in evaluated["protocol"]
+    assert confusion_of_predictions(tmp_path / "all", camvid).tolist() == evaluated["confusion_matrix"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--scales", "0.5,9"], "--scales 0.5,9: each must be above 0 and at most 4"),
+    (["--scales", "0.5,x"], "'0.5,x' is not a list of numbers"),
+    (["--scales", "1,1.5", "--window", "16x16"], "--scales and --window both choose"),
+])
+def test_bad_scales_are_one_line_errors_before_any_output(ckpt, camvid, tmp_path, args, message):
+    out = tmp_path / "out"
+    result = run("predict", "--checkpoint", ckpt, camvid / "val", "-o", out, *args)
+    assert message in error_line(result) and "--scales" in error_line(result) and not out.exists()
+    result = run("evaluate", "--checkpoint", ckpt, "--data-source", "camvid", "--data-dir", camvid, *args)
+    assert message in error_line(result)
