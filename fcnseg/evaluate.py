@@ -30,20 +30,32 @@ from fcnseg.progress import open_bar
 from fcnseg.validate import pipeline_error
 
 
-def confusion_matrix(model, dataset: tf.data.Dataset, num_classes: int, loss_fn=None) -> tuple[np.ndarray, float | None]:
-    """(summed confusion matrix over ``dataset`` with void ignored, mean loss).
+def confusion_step(model, num_classes: int, loss_fn=None) -> Callable:
+    """The traced validation step (images, labels) -> (confusion matrix, loss x pixels, pixels).
 
-    The loss is averaged over batches weighted by their non-void pixels, so it
-    is the split's per-pixel mean for cross-entropy.
+    Built once and reused, so training validates every epoch on one trace of the model instead of
+    tracing it anew (and again for the split's smaller last batch).
     """
 
-    @tf.function
+    @tf.function(reduce_retracing=True)
     def step(images, labels):
         logits = model(images, training=False)
         valid = tf.reduce_sum(tf.cast((labels >= 0) & (labels < num_classes), tf.float32))
         loss = loss_fn(labels, logits) if loss_fn is not None else tf.constant(0.0)
         return batch_confusion(labels, logits, num_classes), loss * valid, valid
 
+    return step
+
+
+def confusion_matrix(model, dataset: tf.data.Dataset, num_classes: int, loss_fn=None,
+                     step: Callable | None = None) -> tuple[np.ndarray, float | None]:
+    """(summed confusion matrix over ``dataset`` with void ignored, mean loss).
+
+    The loss is averaged over batches weighted by their non-void pixels, so it
+    is the split's per-pixel mean for cross-entropy. ``step``: a :func:`confusion_step` of the
+    same model, number of classes and loss, to reuse its trace.
+    """
+    step = step or confusion_step(model, num_classes, loss_fn)
     cm = np.zeros((num_classes, num_classes), np.int64)
     loss_sum = pixels = 0.0
     for images, labels in dataset:

@@ -133,6 +133,7 @@ class _Run:
     optimizer: Any  # keras optimizer
     train_step: Callable  # (images, labels) -> (loss, learning rate), compiled
     eval_loss: Callable  # the loss, for validation
+    val_step: Callable  # fcnseg.evaluate.confusion_step of the model and eval_loss, traced once
     val_ds: Any  # validation batches (tf.data)
     shown: tuple | None  # fixed validation (images, labels) for TensorBoard
     state: Any  # tf.train.Checkpoint of model, optimizer and counters
@@ -160,6 +161,7 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
 
     from fcnseg import heads, losses, sources
     from fcnseg.ema import WeightAverage
+    from fcnseg.evaluate import confusion_step
     from fcnseg.models.encoders import encoder_layers
     from fcnseg.optimizers import make_optimizer, scale_learning_rate
 
@@ -197,13 +199,14 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
     opts = losses.LossOptions(class_weights=config.class_weights, fbeta=tuple(config.fbeta),
                               focal_gamma=config.focal_gamma)
     loss_fn = losses.make_loss(config.loss, num_classes, opts, config.head)
+    eval_loss = losses.make_loss(config.loss, num_classes, opts, config.head)
     extra = {"ema": average.shadow} if average else {}
     state = tf.train.Checkpoint(model=model, optimizer=optimizer, **counters, **extra)
     val_ds = source.valid_dataset(config.batch_size)
     return _Run(
         config=config, chief=chief, work_dir=work_dir, strategy=strategy, source=source, model=model,
         optimizer=optimizer, train_step=_make_train_step(config, strategy, model, optimizer, loss_fn, average),
-        eval_loss=losses.make_loss(config.loss, num_classes, opts, config.head),
+        eval_loss=eval_loss, val_step=confusion_step(model, num_classes, eval_loss),
         val_ds=val_ds.take(config.val_steps) if config.val_steps else val_ds,
         shown=_fixed_samples(source, config.num_images), state=state,
         manager=tf.train.CheckpointManager(state, os.path.join(work_dir, "state"), max_to_keep=1),
@@ -495,7 +498,8 @@ def _validation(run: _Run, epoch: int, now: int) -> tuple[dict, float | None]:
 
     source = run.source
     try:
-        cm, val_loss = evaluate.confusion_matrix(run.model, run.val_ds, source.num_classes, loss_fn=run.eval_loss)
+        cm, val_loss = evaluate.confusion_matrix(run.model, run.val_ds, source.num_classes, loss_fn=run.eval_loss,
+                                                 step=run.val_step)
     except tf.errors.InvalidArgumentError as e:  # a corrupt, truncated or mismatched validation file
         raise FcnsegError(_data_error(e, source)) from None
     if val_loss is not None and not math.isfinite(val_loss):
