@@ -96,10 +96,11 @@ def test_augment_preset_and_ema_reach_the_training_config(tmp_path):
     from fcnseg.data import AUGMENTS
 
     recipe = load_recipe()
-    args = recipe.parse_args(["--augment-preset", "strong", "--ema", "0.998"])
+    args = recipe.parse_args(["--augment-preset", "default", "--ema", "0.998"])
     config = recipe.recipe_config(args, str(tmp_path / "run"), 10, None, 1.0)
-    assert config.augment_preset == "strong" and config.ema == 0.998
-    assert recipe.recipe_config(recipe.parse_args([]), str(tmp_path / "r"), 10, None, 1.0).augment_preset == "default"
+    assert config.augment_preset == "default" and config.ema == 0.998
+    recipe_default = recipe.recipe_config(recipe.parse_args([]), str(tmp_path / "r"), 10, None, 1.0)
+    assert recipe_default.augment_preset == "strong" and recipe_default.ema == 0.0
     # strong widens every photometric range and leaves the geometry alone
     strong, default = AUGMENTS["strong"], AUGMENTS["default"]
     assert all(getattr(strong, k) > getattr(default, k) for k in ("brightness", "contrast", "saturation", "gamma"))
