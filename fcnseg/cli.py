@@ -373,8 +373,8 @@ def evaluate(checkpoint, data_source, data_dir, source_option, split, size, scal
 
     config = EvaluateConfig(checkpoint=checkpoint, data_source=data_source, data_dir=data_dir,
                             source_options=parse_source_options(source_option), split=split, size=size,
-                            scale=scale, window=window, overlap=overlap, flip=flip, scales=scales, beta=beta, monitor=monitor,
-                            output=output)
+                            scale=scale, window=window, overlap=overlap, flip=flip, scales=scales, beta=beta,
+                            monitor=monitor, output=output)
     result = run_evaluate(config, log=click.echo,
                           progress=lambda n: click.progressbar(length=n, label="evaluating", file=sys.stderr))
     click.echo(format_table(result))
@@ -489,7 +489,8 @@ def predict(checkpoint, inputs, output_dir, batch_size, size, scale, window, ove
 
     config = PredictConfig(
         checkpoint=checkpoint, inputs=inputs, output_dir=output_dir, batch_size=batch_size, size=size, scale=scale,
-        window=window, overlap=overlap, flip=flip, scales=scales, alpha=alpha, thresholds=parse_pairs(threshold, "--threshold", float),
+        window=window, overlap=overlap, flip=flip, scales=scales, alpha=alpha,
+        thresholds=parse_pairs(threshold, "--threshold", float),
         claims=parse_pairs(claim, "--claim", float),
         morphology=tuple((c, op, k) for c, (op, k) in parse_pairs(morphology, "--morphology", _morphology_value)),
         static_mask=static_mask, static_class=static_mask_class,

@@ -30,10 +30,11 @@ def test_strong_jitter_reaches_darker_images_than_the_default():
 
 def test_cli_records_the_preset_and_refuses_an_unknown_one(tmp_path):
     run_dir = tmp_path / "run"
-    args = [sys.executable, "-m", "fcnseg.cli", "train", "--width", "0.25", "--image-size", "48x32", "--batch-size", "2",
-            "--steps-per-epoch", "1", "--val-steps", "1", "--epochs", "1", "--source-option", "train_size=4",
-            "--source-option", "val_size=2"]
-    ok = subprocess.run(args + ["--augment-preset", "strong", "--run-dir", str(run_dir)], capture_output=True, text=True)
+    args = [sys.executable, "-m", "fcnseg.cli", "train", "--width", "0.25", "--image-size", "48x32",
+            "--batch-size", "2", "--steps-per-epoch", "1", "--val-steps", "1", "--epochs", "1",
+            "--source-option", "train_size=4", "--source-option", "val_size=2"]
+    ok = subprocess.run(args + ["--augment-preset", "strong", "--run-dir", str(run_dir)],
+                        capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert json.loads((run_dir / "config.json").read_text())["augment_preset"] == "strong"
     bad = subprocess.run(args + ["--augment-preset", "dusk", "--run-dir", str(tmp_path / "bad")],
