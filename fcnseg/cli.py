@@ -232,7 +232,7 @@ def train_option(*decls: str, help: str = "", **kwargs):
                    "(bfloat16 with an FCN on the CPU is refused: it crashes TF's oneDNN kernels).")
 @train_option("--strategy", "strategy", help="tf.distribute strategy; multiworker reads the cluster from TF_CONFIG.")
 @train_option("--deterministic", "deterministic", is_flag=True,
-              help="Bit-identical reruns (TF op determinism; slower).")
+              help="Bit-identical reruns (TF op determinism; slower; one-cycle follows steps, not the clock).")
 @train_option("--jit", "jit_compile", is_flag=True, help="XLA-compile the training step.")
 @train_option("--max-minutes", "max_minutes", type=FiniteFloat(),
               help="Wall-clock budget: stop when spent (mid-epoch), then validate and save.")

@@ -46,6 +46,7 @@ class OptimizerSettings(Protocol):
     mixed_precision: str | None
     jit_compile: bool
     max_minutes: float | None
+    deterministic: bool
 
 
 def _tensorflow_backend() -> bool:
@@ -151,8 +152,9 @@ def _step(config: OptimizerSettings, total_steps: int, deadline: float | None):
 
 
 def _onecycle(config: OptimizerSettings, total_steps: int, deadline: float | None):
-    # XLA cannot compile a clock read (tf.timestamp), so under --jit the cycle follows steps only.
-    clock = None if config.jit_compile else deadline
+    # XLA cannot compile a clock read (tf.timestamp), and TF refuses it under op determinism (a
+    # clock-driven rate would break bit-identical reruns anyway): there the cycle follows steps only.
+    clock = None if config.jit_compile or getattr(config, "deterministic", False) else deadline
     return OneCycle(config.learning_rate, max(total_steps, 2), clock, 60 * (config.max_minutes or 0))
 
 

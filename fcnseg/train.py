@@ -58,13 +58,19 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     # collective operation) but into a scratch folder that is thrown away.
     folder = open_run_dir(config.run_dir, resume) if chief else None
     work_dir = config.run_dir if chief else tempfile.mkdtemp(prefix="fcnseg-worker-")
-    previous_policy = None
+    previous_policy = previous_determinism = None
     try:
         import keras
+        from tensorflow.python.framework import config as tf_config  # the public API cannot disable
 
         previous_policy = keras.mixed_precision.dtype_policy()
         if config.mixed_precision:
             keras.mixed_precision.set_dtype_policy(f"mixed_{config.mixed_precision}")
+        # Op determinism is process-wide: a --deterministic run must not make the caller's next
+        # run deterministic (slower, and unable to read the clock) too.
+        previous_determinism = tf_config.is_op_determinism_enabled()
+        if config.deterministic:
+            tf_config.enable_op_determinism()
         return _train(config, resume, log, chief, work_dir)
     except BaseException:
         if folder is not None and not resume and not os.path.exists(os.path.join(config.run_dir, "config.json")):
@@ -73,6 +79,8 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     finally:
         if previous_policy is not None:
             keras.mixed_precision.set_dtype_policy(previous_policy)
+        if previous_determinism is False:
+            tf_config.disable_op_determinism()
         if folder is not None:
             folder.release()
 
@@ -165,8 +173,6 @@ def _build(config: TrainConfig, chief: bool, work_dir: str, resume: bool) -> _Ru
     from fcnseg.models.encoders import encoder_layers
     from fcnseg.optimizers import make_optimizer, scale_learning_rate
 
-    if config.deterministic:
-        tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(config.strategy)
     source = sources.load(config.data_source, config.data_dir, config.image_size, config.seed,
                           **config.source_options)

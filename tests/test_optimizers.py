@@ -118,6 +118,25 @@ def test_one_cycle_follows_the_clock_when_the_budget_runs_ahead_of_the_steps():
     assert jit.deadline is None and float(jit(0)) == pytest.approx(_one_cycle_at(0, 0.1), rel=1e-5)
 
 
+
+def test_a_deterministic_run_on_a_clock_budget_follows_steps_and_leaves_determinism_off(tmp_path):
+    from tensorflow.python.framework import config as tf_config
+
+    from fcnseg.optimizers import make_schedule
+    from fcnseg.train import train
+
+    # TF refuses to read the clock under op determinism: the one-cycle follows steps only there.
+    schedule = make_schedule(TrainConfig(schedule="onecycle", max_minutes=1, deterministic=True), 100,
+                             deadline=1e12)
+    assert schedule.deadline is None
+    config = TrainConfig(run_dir=str(tmp_path / "run"), width=0.25, image_size=(48, 32), batch_size=2,
+                         steps_per_epoch=2, val_steps=1, epochs=1, schedule="onecycle", max_minutes=5,
+                         source_options={"train_size": 4, "val_size": 2}, num_images=0, deterministic=True)
+    assert not tf_config.is_op_determinism_enabled()
+    train(config, log=lambda line: None)
+    assert (tmp_path / "run" / "last.keras").exists()
+    assert not tf_config.is_op_determinism_enabled()  # process-wide: restored for the caller's next run
+
 _JAX_CODE = """
 import json, sys, time
 sys.path.insert(0, {tests!r})
