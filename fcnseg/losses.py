@@ -5,7 +5,8 @@ pixels out (``ignore_class`` exists only for the cross-entropies, and it
 averages over all pixels, void included): every loss here drops labels outside
 0..C-1 before reducing. The region losses (Dice, F-beta, Tversky) are computed
 over the whole batch per class, then averaged over classes present in the
-batch's labels or predictions.
+batch's labels or predictions; Lovász-softmax likewise over the batch, averaged
+over the classes present in the labels (the paper's "present" setting).
 
 Each loss is a registered ``keras.losses.Loss`` written with ``keras.ops``, so
 it goes to ``model.compile`` under any Keras backend and is saved with the
@@ -149,6 +150,38 @@ class DiceLoss(_SegmentationLoss):
 
 
 @keras.saving.register_keras_serializable(package="fcnseg")
+class LovaszSoftmaxLoss(_SegmentationLoss):
+    """Lovász-softmax (Berman et al., CVPR 2018): the convex extension of each class's Jaccard
+    loss over the batch's pixels, averaged over the classes present in the labels, void ignored.
+
+    It optimises IoU directly, so a thin class counts as much as road; it sorts every pixel's
+    error once per class, which costs more than a region loss (``tools/benchmark.py`` or a
+    training log shows how much on your machine).
+    """
+
+    def __init__(self, num_classes: int, name: str = "lovasz", **kwargs):
+        super().__init__(num_classes, name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        valid, safe = _valid(y_true, self.num_classes)
+        mask = ops.reshape(ops.cast(valid, "float32"), (-1, 1))
+        probs = ops.reshape(ops.softmax(ops.cast(y_pred, "float32"), axis=-1), (-1, self.num_classes))
+        fg = ops.reshape(ops.one_hot(safe, self.num_classes, dtype="float32"), (-1, self.num_classes)) * mask
+        # A void pixel gets error 0 and no foreground: it sorts last and adds nothing.
+        errors = ops.transpose(ops.abs(fg - probs) * mask)  # (C, N)
+        fg = ops.transpose(fg)
+        order = ops.argsort(-errors, axis=-1)
+        errors = ops.take_along_axis(errors, order, axis=-1)
+        fg = ops.take_along_axis(fg, order, axis=-1)
+        total = ops.sum(fg, axis=-1, keepdims=True)
+        jaccard = 1.0 - (total - ops.cumsum(fg, axis=-1)) / ops.maximum(total + ops.cumsum(1.0 - fg, axis=-1), EPS)
+        grad = ops.concatenate([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], axis=-1)
+        per_class = ops.sum(errors * ops.stop_gradient(grad), axis=-1)
+        present = ops.cast(total[:, 0] > 0, "float32")
+        return ops.sum(per_class * present) / ops.maximum(ops.sum(present), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
 class FBetaLoss(_SegmentationLoss):
     """Soft F-beta loss with one beta per class (beta > 1 favours recall), void ignored.
 
@@ -289,6 +322,7 @@ def _builders(num_classes: int, opts: LossOptions) -> dict[str, Callable[[], ker
         "dice": lambda: dice(num_classes),
         "fbeta": lambda: fbeta(num_classes, opts.fbeta),
         "focal": lambda: focal(num_classes, opts.focal_gamma, opts.class_weights),
+        "lovasz": lambda: LovaszSoftmaxLoss(num_classes),
         "tversky": lambda: tversky(num_classes, opts.tversky_alpha, opts.tversky_beta),
     }
 
@@ -300,7 +334,7 @@ def _sigmoid_builders(opts: LossOptions) -> dict[str, Callable[[], keras.losses.
     return {"bce": bce, "ce": bce, "dice": lambda: BinaryDiceLoss(2)}
 
 
-LOSS_NAMES = ("ce", "dice", "fbeta", "focal", "tversky")
+LOSS_NAMES = ("ce", "dice", "fbeta", "focal", "lovasz", "tversky")
 # The losses of each head (fcnseg.heads); "ce" of a sigmoid head is its binary cross-entropy.
 HEAD_LOSS_NAMES = {"softmax": LOSS_NAMES, "sigmoid": ("bce", "ce", "dice")}
 

@@ -66,6 +66,10 @@ def test_recipe_refuses_an_unknown_sequence_in_one_line_before_making_out(tmp_pa
                      "--val-sequences", "0002XX"])
     assert str(e.value).startswith("Error: --source-option val_sequences=0002XX") and "\n" not in str(e.value)
     assert "0001TP, 0006R0, 0016E5" in str(e.value) and not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as e:
+        recipe.main(["--minutes", "0.1", "--data-dir", str(data), "--out", str(tmp_path / "out"), "--loss", "ce+ohem"])
+    assert str(e.value).startswith("Error: --loss 'ce+ohem': unknown loss 'ohem'") and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_standard_split_labels_only_the_standard_val():
@@ -96,11 +100,11 @@ def test_augment_preset_and_ema_reach_the_training_config(tmp_path):
     from fcnseg.data import AUGMENTS
 
     recipe = load_recipe()
-    args = recipe.parse_args(["--augment-preset", "default", "--ema", "0.998"])
+    args = recipe.parse_args(["--augment-preset", "default", "--ema", "0.998", "--loss", "ce+0.5*dice"])
     config = recipe.recipe_config(args, str(tmp_path / "run"), 10, None, 1.0)
-    assert config.augment_preset == "default" and config.ema == 0.998
+    assert config.augment_preset == "default" and config.ema == 0.998 and config.loss == "ce+0.5*dice"
     recipe_default = recipe.recipe_config(recipe.parse_args([]), str(tmp_path / "r"), 10, None, 1.0)
-    assert recipe_default.augment_preset == "strong" and recipe_default.ema == 0.0
+    assert recipe_default.augment_preset == "strong" and recipe_default.ema == 0.0 and recipe_default.loss == "ce"
     # strong widens every photometric range and leaves the geometry alone
     strong, default = AUGMENTS["strong"], AUGMENTS["default"]
     assert all(getattr(strong, k) > getattr(default, k) for k in ("brightness", "contrast", "saturation", "gamma"))

@@ -19,7 +19,7 @@ def _batch(seed=0):
     return tf.constant(labels), tf.constant(logits)
 
 
-@pytest.mark.parametrize("spec", ["ce", "dice", "fbeta", "focal", "tversky", "ce+0.5*dice"])
+@pytest.mark.parametrize("spec", ["ce", "dice", "fbeta", "focal", "lovasz", "tversky", "ce+0.5*dice"])
 def test_void_pixels_do_not_change_any_loss(spec):
     labels, logits = _batch()
     fn = losses.make_loss(spec, C)
@@ -39,7 +39,7 @@ def test_cross_entropy_matches_numpy_with_weights():
     assert got == pytest.approx((w[y[keep]] * ce).sum() / w[y[keep]].sum(), rel=1e-5)
 
 
-@pytest.mark.parametrize("spec", ["dice", "fbeta", "tversky"])
+@pytest.mark.parametrize("spec", ["dice", "fbeta", "lovasz", "tversky"])
 def test_region_losses_are_zero_for_a_perfect_prediction(spec):
     labels, _ = _batch(2)
     perfect = tf.one_hot(tf.where(labels < C, labels, 0), C) * 40.0
@@ -98,6 +98,8 @@ def _np_reference(spec, labels, logits, opts):
     if spec == "focal":
         return (w[y] * (1 - np.exp(logp_t)) ** opts.focal_gamma * -logp_t).sum() / w[y].sum()
     p, onehot = np.exp(logp), np.eye(C)[y]
+    if spec == "lovasz":
+        return _np_lovasz(p, onehot)
     tp, pm, ym = (p * onehot).sum(0), p.sum(0), onehot.sum(0)
     eps = losses.EPS
     if spec == "dice":
@@ -109,6 +111,39 @@ def _np_reference(spec, labels, logits, opts):
         score = (tp + eps) / (tp + opts.tversky_alpha * (pm - tp) + opts.tversky_beta * (ym - tp) + eps)
     present = (ym + pm) > 0.5
     return 1 - score[present].mean()
+
+
+def _np_lovasz(p, onehot):
+    """Berman et al.'s Lovász-softmax as their reference code writes it, one class at a time,
+    over the non-void pixels, averaged over the classes present in the labels."""
+    per_class = []
+    for c in range(C):
+        fg = onehot[:, c]
+        if fg.sum() == 0:
+            continue
+        errors = np.abs(fg - p[:, c])
+        order = np.argsort(-errors, kind="stable")
+        fg_sorted = fg[order]
+        gts = fg_sorted.sum()
+        jaccard = 1.0 - (gts - np.cumsum(fg_sorted)) / (gts + np.cumsum(1 - fg_sorted))
+        jaccard[1:] = jaccard[1:] - jaccard[:-1]
+        per_class.append(errors[order] @ jaccard)
+    return np.mean(per_class)
+
+
+def test_lovasz_prefers_the_better_iou_and_its_gradient_reaches_every_class():
+    labels = tf.constant([[0, 0, 0, 0, 0, 0, 1, 2]])  # class 1 and 2: one pixel each
+    base = np.zeros((1, 8, C), np.float32)
+    base[0, np.arange(8), labels.numpy()[0]] = 4.0
+    thin_missed = base.copy()
+    thin_missed[0, 6] = [4.0, 0.0, 0.0]  # the thin class's pixel called background
+    loss = losses.make_loss("lovasz", C)
+    assert float(loss(labels, base)) < float(loss(labels, thin_missed))
+    logits = tf.Variable(thin_missed)
+    with tf.GradientTape() as tape:
+        value = loss(labels, logits)
+    grad = tape.gradient(value, logits).numpy()
+    assert grad[0, 6, 1] < 0 and grad[0, 6, 0] > 0  # push the missed pixel towards its class
 
 
 OPTS = losses.LossOptions(class_weights=(0.5, 2.0, 1.0), fbeta=(1.0, 2.0, 0.5), focal_gamma=1.5,
@@ -158,3 +193,13 @@ def test_compile_fit_and_reload_with_loss_and_metric(tmp_path):
     evaluated = reloaded.evaluate(x, y, batch_size=4, verbose=0, return_dict=True)
     logits = model.predict(x, verbose=0)
     assert evaluated["loss"] == pytest.approx(float(losses.make_loss("ce+dice", C)(y, logits)), rel=1e-4)
+
+
+def test_train_help_names_every_loss():
+    from click.testing import CliRunner
+
+    from fcnseg.cli import main
+
+    text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    loss_help = text[text.index("Loss: "):text.index("Loss: ") + 200]
+    assert all(name in loss_help for name in losses.LOSS_NAMES), loss_help

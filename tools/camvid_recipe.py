@@ -95,7 +95,7 @@ def recipe_config(args, run_dir: str, epochs: int, steps_per_epoch: int | None, 
         data_source="camvid", data_dir=args.data_dir, model="linknet", encoder="resnet18",
         width=getattr(args, "model_width", 1.0), source_options=options, image_size=image_size, epochs=epochs, batch_size=args.batch_size,
         steps_per_epoch=steps_per_epoch, learning_rate=args.lr, schedule="onecycle",
-        loss="ce", class_weights=CLASS_WEIGHTS[args.weights], augment=True, image_every=0, seed=args.seed,
+        loss=getattr(args, "loss", "ce"), class_weights=CLASS_WEIGHTS[args.weights], augment=True, image_every=0, seed=args.seed,
         augment_preset=getattr(args, "augment_preset", "strong"),
         run_dir=run_dir, save_every=10**9, max_minutes=max_minutes,
         mixed_precision=None if args.precision == "float32" else args.precision, ema=getattr(args, "ema", 0.0),
@@ -163,6 +163,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                         help="fcnseg train --ema: evaluate a moving average of the weights (0 = off); the raw "
                              "weights of the same run are scored on the held-out split too, for comparison")
+    parser.add_argument("--loss", default="ce",
+                        help="fcnseg train --loss, e.g. ce+dice (the class weights apply to ce and focal)")
     parser.add_argument("--model-width", type=float, default=1.0,
                         help="filter-count multiplier (1.0 = LinkNet-ResNet18; smaller for quick checks)")
     return parser.parse_args(argv)
@@ -181,9 +183,11 @@ def main(argv=None) -> None:
     log(f"precision: {args.precision}; CPU: {cpu}")
 
     from fcnseg.errors import FcnsegError
+    from fcnseg.losses import parse_spec
     from fcnseg.train import train
 
-    try:  # an unknown --val-sequences: one line, as fcnseg's own commands, before OUT is made
+    try:  # an unknown --val-sequences or --loss: one line, as fcnseg's own commands, before OUT is made
+        parse_spec(args.loss)
         steps_per_epoch = train_steps_per_epoch(args.data_dir, args.batch_size, args.val_sequences)
     except FcnsegError as e:
         raise SystemExit(f"Error: {e}") from None
