@@ -87,10 +87,11 @@ def test_two_tiny_models_give_a_consistent_table_and_json(tmp_path):
     data = camvid_fixture(tmp_path / "camvid")
     out = tmp_path / "compare"
     budget = 0.05  # minutes: a few seconds of training each, ended by the clock
+    jobs = ["--jobs", "2"] if len(os.sched_getaffinity(0)) >= 2 else []  # two at once, one core each
     done = subprocess.run(
         [sys.executable, str(TOOL), "--data-dir", data, "--out", out, "--models", "linknet/resnet18,nosuchnet,fcn32s",
          "--width", "0.25", "--image-size", "64x48", "--batch-size", "2", "--minutes-per-model", str(budget),
-         "--timing-runs", "2"], capture_output=True, text=True, timeout=900)
+         "--timing-runs", "2", *jobs], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "skipped nosuchnet: fcnseg has no model 'nosuchnet'" in done.stdout
     report = json.loads((out / "comparison.json").read_text())
@@ -98,6 +99,8 @@ def test_two_tiny_models_give_a_consistent_table_and_json(tmp_path):
     held = held_out_supported(data)
     assert report["cpu"] == cpu_model_name()
     assert report["recipe"]["held_out"] == ("0001TP" if held else None)
+    assert report["recipe"]["cores_per_model"] == (1 if jobs else len(os.sched_getaffinity(0)))
+    assert ("2 models at a time" in (out / "comparison.md").read_text()) == bool(jobs)
     assert [(r["model"], r["encoder"]) for r in report["models"]] == [("linknet", "resnet18"), ("fcn32s", "vgg16")]
     lines = (out / "comparison.md").read_text().splitlines()
     header = next(cells(line) for line in lines if line.startswith("| model |"))
@@ -215,3 +218,69 @@ def test_markdown_labels_each_miou_and_leaves_failed_runs_out_of_the_numbers():
     assert "| fcn8s | vgg16 | failed (exit status 1) |" in text
     assert "held-out sequence" not in text and "| Sky | n/a |" in text and "| Building | 50.00 |" in text
     assert "Measured on Some CPU" in text
+    assert "models at a time" not in text
+    two = tool.markdown({**report, "recipe": {**report["recipe"], "jobs": 2, "cores_per_model": 1}})
+    assert "; 2 models at a time, each pinned to 1 core(s) (speeds are per model's share)." in two
+
+
+class FakeWorker:
+    """subprocess.Popen for run_all: writes the row a worker would, records how it was started."""
+
+    started: list = []
+
+    def __init__(self, argv, preexec_fn=None):
+        spec = json.loads(argv[argv.index("--worker") + 1])
+        os.makedirs(spec["run_dir"], exist_ok=True)
+        self.ok = spec["model"] != "broken"
+        if self.ok:
+            Path(spec["run_dir"], "result.json").write_text(json.dumps({"model": spec["model"], "fresh": True}))
+        FakeWorker.started.append((spec["model"], preexec_fn))
+        self.returncode = None
+
+    def poll(self):
+        self.returncode = 0 if self.ok else 3
+        return self.returncode
+
+
+def test_run_all_keeps_finished_runs_restarts_interrupted_ones_and_pins_each_worker(tmp_path, monkeypatch):
+    tool = load_tool()
+    specs = [{"model": m, "encoder": "e", "run_dir": str(tmp_path / m)} for m in ("done", "cut", "new", "broken")]
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "result.json").write_text(json.dumps({"model": "done", "fresh": False}))
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "stale.txt").write_text("from the interrupted run")
+    FakeWorker.started = []
+    monkeypatch.setattr(tool.subprocess, "Popen", FakeWorker)
+    said = []
+    rows = tool.run_all(specs, [[0], [1]], "1 minute", said.append)
+    assert [r["model"] for r in rows] == ["done", "cut", "new", "broken"]
+    assert rows[0]["fresh"] is False and rows[1]["fresh"] and rows[2]["fresh"]
+    assert rows[3] == {"model": "broken", "encoder": "e", "failed": "exit status 3"}
+    assert not (tmp_path / "cut" / "stale.txt").exists()  # the interrupted run started again from nothing
+    assert [m for m, _ in FakeWorker.started] == ["cut", "new", "broken"]
+    assert all(callable(pin) for _, pin in FakeWorker.started)  # two shares: every worker pinned
+    assert any("kept the finished run" in line for line in said)
+    assert any("CPUs 0)" in line or "CPUs 1)" in line for line in said)
+    FakeWorker.started = []
+    tool.run_all([{"model": "alone", "encoder": "e", "run_dir": str(tmp_path / "alone")}], [[0, 1]], "1 minute",
+                 said.append)
+    assert FakeWorker.started == [("alone", None)]  # one share: not pinned
+
+
+def test_cpu_shares_and_a_resume_with_other_settings_refused(tmp_path):
+    tool = load_tool()
+    cpus = sorted(os.sched_getaffinity(0))
+    groups = tool.cpu_groups(len(cpus))
+    assert sorted(c for g in groups for c in g) == cpus and all(len(g) == 1 for g in groups)
+    assert tool.cpu_groups(1) == [cpus]
+    with pytest.raises(SystemExit, match=f"--jobs {len(cpus) + 1}: this process may use only {len(cpus)} CPUs"):
+        tool.cpu_groups(len(cpus) + 1)
+    out = tmp_path / "cmp"
+    tool.take_out_dir(str(out), {"lr": 0.002, "image_size": (320, 240)})
+    tool.take_out_dir(str(out), {"lr": 0.002, "image_size": (320, 240)})  # the same recipe: continues
+    with pytest.raises(SystemExit) as e:
+        tool.take_out_dir(str(out), {"lr": 0.01, "image_size": (320, 240)})
+    assert str(e.value) == (f"--resume: {out} was run with other settings (lr); use the same options or a new --out")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(SystemExit, match="recipe.json is missing or unreadable"):
+        tool.take_out_dir(str(tmp_path / "plain"), {"lr": 0.002})

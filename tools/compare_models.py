@@ -35,6 +35,12 @@ encoder; a model that ``fcnseg.models.MODELS`` lacks is skipped with a message),
 Writes ``OUT/comparison.md`` (a table per figure group, every mIoU labelled held-out or standard,
 per-class IoU of both) and ``OUT/comparison.json`` (every number, the recipe, the CPU model name
 from /proc/cpuinfo); each run's folder is ``OUT/MODEL-ENCODER``.
+
+``--jobs N`` trains N models at once, each pinned to its own equal share of the CPUs (on a 2-core
+machine, ``--jobs 2`` gives each model one core and halves the wall time; the speed columns are then
+per share, and the table says so). ``--resume`` continues an interrupted or partial comparison in
+the same OUT (``OUT/recipe.json`` must match the options): finished models keep their results, the
+others train from scratch, so a comparison longer than one sitting can be run in parts.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,7 +73,7 @@ UNBOUNDED_EPOCHS = 100_000
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(DEFAULT_DATA), help="CamVid in the SegNet layout")
-    parser.add_argument("--out", default="runs/compare", help="output folder (must not exist yet)")
+    parser.add_argument("--out", default="runs/compare", help="output folder (must not exist yet, unless --resume)")
     parser.add_argument("--models", default=",".join(DEFAULT_PAIRS),
                         help="comma-separated MODEL or MODEL/ENCODER (default encoder: the model's own)")
     budget = parser.add_mutually_exclusive_group()
@@ -86,6 +93,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="CamVid sequence held out of training and validated on ('none': standard split only)")
     parser.add_argument("--timing-runs", type=int, default=10, help="timed inference calls per model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="models trained at once, each pinned to its own equal share of the CPUs (the speed "
+                             "columns are then per share, and the table says so)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue in an existing --out with the same recipe: models with a result keep it, "
+                             "the others are trained from scratch")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one model's run, in its own process
     args = parser.parse_args(argv)
     try:
@@ -97,6 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.minutes_per_model = 30.0
     if args.held_out.lower() == "none":
         args.held_out = None
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: expected at least 1")
     return args
 
 
@@ -249,28 +264,19 @@ def compare(args, log) -> dict | None:
     if not pairs:
         log("skipped: none of --models is a model of this fcnseg")
         return None
-    if os.path.exists(args.out):
-        raise SystemExit(f"--out {args.out} exists; choose a new folder")
+    if os.path.exists(args.out) and not args.resume:
+        raise SystemExit(f"--out {args.out} exists; choose a new folder, or --resume to continue it")
+    groups = cpu_groups(args.jobs)
     held_out = held_out_support(args.data_dir, args.held_out, log)
-    os.makedirs(args.out)
     recipe = {key: getattr(args, key) for key in ("image_size", "batch_size", "minutes_per_model", "epochs", "lr",
                                                    "weights", "width", "precision", "seed", "timing_runs",
                                                    "encoder_weights")}
     recipe.update(data_dir=os.path.abspath(args.data_dir), held_out=held_out, optimizer="adam",
-                  schedule="onecycle", loss="ce", augment=True)
-    rows = []
-    for model, encoder in pairs:
-        run_dir = os.path.join(args.out, f"{model}-{encoder}")
-        spec = recipe | {"model": model, "encoder": encoder, "run_dir": run_dir}
-        log(f"{model}/{encoder}: training ({budget_words(args)})")
-        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)])
-        result_path = os.path.join(run_dir, "result.json")
-        if done.returncode != 0 or not os.path.isfile(result_path):
-            log(f"{model}/{encoder}: failed (exit status {done.returncode}); left out of the table")
-            rows.append({"model": model, "encoder": encoder, "failed": f"exit status {done.returncode}"})
-            continue
-        with open(result_path) as f:
-            rows.append(json.load(f))
+                  schedule="onecycle", loss="ce", augment=True, jobs=args.jobs, cores_per_model=len(groups[0]))
+    take_out_dir(args.out, recipe)
+    specs = [recipe | {"model": model, "encoder": encoder, "run_dir": os.path.join(args.out, f"{model}-{encoder}")}
+             for model, encoder in pairs]
+    rows = run_all(specs, groups, budget_words(args), log)
     report = {"cpu": cpu_name(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "recipe": recipe,
               "budget": budget_words(args), "models": rows}
     with open(os.path.join(args.out, "comparison.json"), "w") as f:
@@ -280,10 +286,92 @@ def compare(args, log) -> dict | None:
     return report
 
 
+def cpu_groups(jobs: int) -> list[list[int]]:
+    """``jobs`` equal, disjoint shares of the CPUs this process may use (one share: all of them)."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if jobs > len(cpus):
+        raise SystemExit(f"--jobs {jobs}: this process may use only {len(cpus)} CPUs")
+    size = len(cpus) // jobs
+    return [cpus[i * size:(i + 1) * size] for i in range(jobs)]
+
+
+def take_out_dir(out: str, recipe: dict) -> None:
+    """Make OUT with its recipe.json, or (``--resume``) check that an existing one holds the same recipe."""
+    path = os.path.join(out, "recipe.json")
+    if os.path.isdir(out):
+        try:
+            with open(path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            raise SystemExit(f"--resume: {path} is missing or unreadable; {out} is not a comparison to continue")
+        changed = sorted(k for k in set(saved) | set(recipe) if saved.get(k) != json.loads(json.dumps(recipe.get(k))))
+        if changed:
+            raise SystemExit(f"--resume: {out} was run with other settings ({', '.join(changed)}); use the same "
+                             "options or a new --out")
+        return
+    os.makedirs(out)
+    with open(path, "w") as f:
+        json.dump(recipe, f, indent=1)
+
+
+def run_all(specs: list[dict], groups: list[list[int]], budget: str, log) -> list[dict]:
+    """Each spec's row, in order: a result a finished run left is kept; the others run in worker
+    processes, at most one per CPU share at a time, each pinned to its share."""
+    rows: dict[int, dict] = {}
+    waiting = []
+    for i, spec in enumerate(specs):
+        result_path = os.path.join(spec["run_dir"], "result.json")
+        if os.path.isfile(result_path):
+            log(f"{spec['model']}/{spec['encoder']}: kept the finished run in {spec['run_dir']}")
+            with open(result_path) as f:
+                rows[i] = json.load(f)
+            continue
+        if os.path.exists(spec["run_dir"]):  # an interrupted run: it starts again, its budget whole
+            shutil.rmtree(spec["run_dir"])
+        waiting.append(i)
+    free, running = list(groups), {}
+    while waiting or running:
+        while waiting and free:
+            i, group = waiting.pop(0), free.pop(0)
+            spec = specs[i]
+            log(f"{spec['model']}/{spec['encoder']}: training ({budget}"
+                + (f", CPUs {','.join(map(str, group))})" if len(groups) > 1 else ")"))
+            pin = (lambda cpus=group: os.sched_setaffinity(0, cpus)) if len(groups) > 1 else None
+            proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)],
+                                    preexec_fn=pin)
+            running[proc] = (i, group)
+        proc = next((p for p in running if p.poll() is not None), None)
+        if proc is None:
+            time.sleep(0.5)
+            continue
+        i, group = running.pop(proc)
+        free.append(group)
+        rows[i] = worker_row(specs[i], proc.returncode, log)
+    return [rows[i] for i in range(len(specs))]
+
+
+def worker_row(spec: dict, returncode: int, log) -> dict:
+    """The row a finished worker wrote, or a failed row."""
+    result_path = os.path.join(spec["run_dir"], "result.json")
+    if returncode != 0 or not os.path.isfile(result_path):
+        log(f"{spec['model']}/{spec['encoder']}: failed (exit status {returncode}); left out of the table")
+        return {"model": spec["model"], "encoder": spec["encoder"], "failed": f"exit status {returncode}"}
+    with open(result_path) as f:
+        return json.load(f)
+
+
 def budget_words(args) -> str:
     if args.epochs is not None:
         return f"{args.epochs} epochs per model"
     return f"{args.minutes_per_model:g} minutes of training per model (ended by the clock)"
+
+
+def shares_words(recipe: dict) -> str:
+    """How many models ran at once, and on how many cores each (the speed columns depend on it)."""
+    if recipe.get("jobs", 1) <= 1:
+        return ""
+    return (f"; {recipe['jobs']} models at a time, each pinned to {recipe['cores_per_model']} core(s) "
+            "(speeds are per model's share)")
 
 
 def _pct(value) -> str:
@@ -299,7 +387,8 @@ def markdown(report: dict) -> str:
     start = f"from {recipe['encoder_weights']} encoder weights" if recipe.get("encoder_weights") else "from scratch"
     lines = [f"CamVid (SegNet 11 classes), trained {start} at {w}x{h}, batch {recipe['batch_size']}, Adam "
              f"one-cycle {recipe['lr']:g}, {recipe['loss']} ({recipe['weights']} class weights), "
-             f"{recipe['precision']}; {report['budget']}. Measured on {report['cpu']}, {report['date']}.",
+             f"{recipe['precision']}; {report['budget']}{shares_words(recipe)}. Measured on {report['cpu']}, "
+             f"{report['date']}.",
              "", f"| model | encoder | {held_label} | mIoU standard val | params (M) | checkpoint (MB) | "
                  "GFLOPs/image | train img/s | inference ms/image | peak RSS (MB) | epochs |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
