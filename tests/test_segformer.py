@@ -178,6 +178,7 @@ def test_imported_preset_gives_keras_hubs_logits(tmp_path):
     assert again.exit_code != 0 and "--overwrite" in again.output
 
 
+@pytest.mark.slow  # ~35 s: a 150-class preset built, saved, imported and predicted
 def test_ade20k_preset_gets_the_150_classes_and_predict_runs(tmp_path):
     """An ade20k preset gets ADE20K's class table; `fcnseg predict` takes the imported checkpoint."""
     from PIL import Image
@@ -297,6 +298,7 @@ print(json.dumps({"backend": keras.backend.backend(), "diff": float(np.abs(y - n
 """
 
 
+@pytest.mark.slow  # ~45 s: a JAX subprocess builds and runs the model
 def test_runs_under_jax_with_the_tensorflow_checkpoint(tmp_path):
     """A SegFormer saved under TensorFlow gives the same logits under KERAS_BACKEND=jax, and one
     built there takes an odd size."""
