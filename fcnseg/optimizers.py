@@ -154,7 +154,7 @@ def _step(config: OptimizerSettings, total_steps: int, deadline: float | None):
 def _onecycle(config: OptimizerSettings, total_steps: int, deadline: float | None):
     # XLA cannot compile a clock read (tf.timestamp), and TF refuses it under op determinism (a
     # clock-driven rate would break bit-identical reruns anyway): there the cycle follows steps only.
-    clock = None if config.jit_compile or getattr(config, "deterministic", False) else deadline
+    clock = None if config.jit_compile or config.deterministic else deadline
     return OneCycle(config.learning_rate, max(total_steps, 2), clock, 60 * (config.max_minutes or 0))
 
 
