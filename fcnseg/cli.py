@@ -194,6 +194,11 @@ def train_option(*decls: str, help: str = "", **kwargs):
 @train_option("--init-from", "init_from", type=click.Path(dir_okay=False),
               help="Start from the weights of this fcnseg checkpoint (fine-tuning; same model and classes).")
 @train_option("--width", "width", type=FiniteFloat(), help="Filter-count multiplier; 1.0 is the paper's model.")
+@train_option("--input-norm", "input_norm",
+              help="encoder: the encoder's fixed ImageNet preprocessing only; per-image: first move each image's "
+                   "per-channel mean and std onto ImageNet's (removes overall brightness, contrast and colour cast, "
+                   "for test images lit otherwise than training's, e.g. dusk). Part of the model: predict, evaluate "
+                   "and export apply it.")
 @train_option("--head", "head",
               help="softmax: one output per class; sigmoid: for a two-class source (background + one, e.g. Carvana) "
                    "one output, the probability of class 1 (smp's classes=1), trained with --loss bce, dice or "

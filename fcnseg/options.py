@@ -37,6 +37,7 @@ class TrainConfig:
     encoder_lr_mult: float = 1.0  # the encoder's learning rate is the optimizer's times this
     init_from: str | None = None  # start from this fcnseg checkpoint's weights (fine-tuning)
     width: float = 1.0  # filter-count multiplier (1.0 = the paper's model)
+    input_norm: str = "encoder"  # a key of fcnseg.models.encoders.INPUT_NORMS: per-image colour standardisation
     head: str = "softmax"  # a key of fcnseg.heads.HEADS: softmax over C classes, or sigmoid (one logit, 2 classes)
     image_size: tuple[int, int] | None = None  # (W, H) to train at; None = the source's default
     epochs: int = 6
@@ -101,6 +102,12 @@ def _encoders() -> tuple:
     return tuple(ENCODERS)
 
 
+def _input_norms() -> tuple:
+    from fcnseg.models.encoders import INPUT_NORMS
+
+    return tuple(INPUT_NORMS)
+
+
 def _heads() -> tuple:
     from fcnseg.heads import HEADS
 
@@ -127,7 +134,7 @@ def _schedules() -> tuple:
 
 # The fields that take one of a set of names, and where the names come from.
 CHOICES: dict[str, Callable[[], tuple]] = {
-    "model": _models, "encoder": _encoders, "head": _heads, "optimizer": _optimizers, "schedule": _schedules,
+    "model": _models, "encoder": _encoders, "input_norm": _input_norms, "head": _heads, "optimizer": _optimizers, "schedule": _schedules,
     "augment_preset": _augments, "strategy": lambda: STRATEGIES, "mixed_precision": lambda: PRECISIONS}
 
 # Bounds of the numeric fields: (lowest, lowest excluded, highest); image_size bounds each side.

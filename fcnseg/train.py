@@ -226,7 +226,7 @@ def build_model(config: TrainConfig, num_classes: int):
     ``num_classes`` output channels (1 for a sigmoid head)."""
     from fcnseg.models import MODELS
 
-    kwargs = {"encoder_weights": config.encoder_weights, "width": config.width}
+    kwargs = {"encoder_weights": config.encoder_weights, "width": config.width, "input_norm": config.input_norm}
     if config.encoder is not None:
         kwargs["encoder"] = config.encoder
     try:

@@ -49,6 +49,7 @@ BUILDS = {
     "fcn32s": lambda: MODELS["fcn32s"](NUM_CLASSES, width=WIDTH),
     "linknet-resnet18": lambda: MODELS["linknet"](NUM_CLASSES, "resnet18", width=WIDTH),
     "linknet-resnet34": lambda: MODELS["linknet"](NUM_CLASSES, "resnet34", width=WIDTH),
+    "linknet-per-image": lambda: MODELS["linknet"](NUM_CLASSES, "resnet18", width=WIDTH, input_norm="per-image"),
 }
 
 

@@ -123,4 +123,4 @@ def test_tensorflow_and_jax_agree_linknet_resnet18(tmp_path):
 
 @pytest.mark.slow
 def test_tensorflow_and_jax_agree_every_other_model(tmp_path):
-    _round_trip(tmp_path, ["fcn8s", "fcn16s", "fcn32s", "linknet-resnet34"])
+    _round_trip(tmp_path, ["fcn8s", "fcn16s", "fcn32s", "linknet-resnet34", "linknet-per-image"])

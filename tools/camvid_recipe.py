@@ -101,7 +101,7 @@ def recipe_config(args, run_dir: str, epochs: int, steps_per_epoch: int | None, 
         width=getattr(args, "model_width", 1.0), source_options=options, image_size=image_size, epochs=epochs, batch_size=args.batch_size,
         steps_per_epoch=steps_per_epoch, learning_rate=args.lr, schedule="onecycle",
         loss=getattr(args, "loss", "ce+dice"), class_weights=CLASS_WEIGHTS[args.weights], augment=True, image_every=0, seed=args.seed,
-        augment_preset=getattr(args, "augment_preset", "strong"),
+        augment_preset=getattr(args, "augment_preset", "strong"), input_norm=getattr(args, "input_norm", "encoder"),
         run_dir=run_dir, save_every=10**9, max_minutes=max_minutes,
         mixed_precision=None if args.precision == "float32" else args.precision, ema=getattr(args, "ema", 0.0),
     )
@@ -134,6 +134,12 @@ def resolve_precision(choice: str) -> str:
     import tensorflow as tf
 
     return "bfloat16" if cpu_has_amx() or tf.config.list_physical_devices("GPU") else "float32"
+
+
+def input_norms() -> tuple:
+    from fcnseg.models.encoders import INPUT_NORMS
+
+    return tuple(INPUT_NORMS)
 
 
 def augment_presets() -> tuple:
@@ -170,6 +176,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "weights of the same run are scored on the held-out split too, for comparison")
     parser.add_argument("--loss", default="ce+dice",
                         help="fcnseg train --loss (default ce+dice; the class weights apply to ce and focal)")
+    parser.add_argument("--input-norm", default="encoder", choices=input_norms(),
+                        help="fcnseg train --input-norm: per-image moves each image's colour statistics onto "
+                             "ImageNet's inside the model (for the dusk held-out sequence)")
     parser.add_argument("--model-width", type=float, default=1.0,
                         help="filter-count multiplier (1.0 = LinkNet-ResNet18; smaller for quick checks)")
     return parser.parse_args(argv)

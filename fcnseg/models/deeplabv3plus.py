@@ -22,7 +22,7 @@ from __future__ import annotations
 import keras
 
 from fcnseg.models.blocks import conv_bn_relu, upsample
-from fcnseg.models.encoders import build_encoder, encoder_features, preprocessing
+from fcnseg.models.encoders import build_encoder, encoder_features, preprocess_input
 from fcnseg.models.layers import CropToReference, PadToMultiple, ResizeToReference, scaled
 
 OUTPUT_STRIDE = 16
@@ -49,7 +49,7 @@ def apply_aspp(x, filters: int, name: str = "aspp"):
 
 
 def deeplabv3plus(num_classes: int, encoder: str = "resnet50", encoder_weights: str | None = None,
-                  width: float = 1.0) -> keras.Model:
+                  width: float = 1.0, input_norm: str = "encoder") -> keras.Model:
     """DeepLabv3+ on an encoder of the table built at output stride 16.
 
     Args:
@@ -58,6 +58,8 @@ def deeplabv3plus(num_classes: int, encoder: str = "resnet50", encoder_weights: 
         encoder_weights: ``None``, ``"imagenet"`` or a local path, as
             :func:`fcnseg.models.encoders.build_encoder` takes.
         width: multiplier on the decoder's filters (and fcnseg's own encoders').
+        input_norm: a key of ``INPUT_NORMS``: ``"per-image"`` standardises each
+            image's colour statistics before the encoder's preprocessing.
 
     Returns:
         ``keras.Model`` named ``deeplabv3plus_<encoder>`` mapping float32 RGB
@@ -70,7 +72,7 @@ def deeplabv3plus(num_classes: int, encoder: str = "resnet50", encoder_weights: 
     filters = scaled(DECODER_FILTERS, width)
 
     inputs = keras.Input((None, None, 3), name="image")
-    x = preprocessing(encoder)(inputs)
+    x = preprocess_input(inputs, encoder, input_norm)
     x = PadToMultiple(OUTPUT_STRIDE, name="pad")(x)
     feats = encoder_features(backbone, x)
     x = apply_aspp(feats[32], filters)  # nominal key 32: stride 16 here

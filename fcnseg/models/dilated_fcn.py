@@ -19,14 +19,14 @@ from __future__ import annotations
 import keras
 
 from fcnseg.models.blocks import conv_bn_relu, upsample
-from fcnseg.models.encoders import ENCODERS, build_encoder, encoder_features, preprocessing
+from fcnseg.models.encoders import ENCODERS, build_encoder, encoder_features, preprocess_input
 from fcnseg.models.layers import CropToReference, PadToMultiple, scaled
 
 OUTPUT_STRIDE = 8
 
 
 def dilated_fcn(num_classes: int, encoder: str = "resnet50", encoder_weights: str | None = None,
-                width: float = 1.0) -> keras.Model:
+                width: float = 1.0, input_norm: str = "encoder") -> keras.Model:
     """FCN head on an encoder of the table built at output stride 8 (``--model fcn``).
 
     Named ``dilated_fcn`` rather than ``fcn`` so it does not shadow the module
@@ -38,6 +38,8 @@ def dilated_fcn(num_classes: int, encoder: str = "resnet50", encoder_weights: st
         encoder_weights: ``None``, ``"imagenet"`` or a local path, as
             :func:`fcnseg.models.encoders.build_encoder` takes.
         width: multiplier on the head's filters (and fcnseg's own encoders').
+        input_norm: a key of ``INPUT_NORMS``: ``"per-image"`` standardises each
+            image's colour statistics before the encoder's preprocessing.
 
     Returns:
         ``keras.Model`` named ``fcn_<encoder>`` mapping float32 RGB 0..255
@@ -49,7 +51,7 @@ def dilated_fcn(num_classes: int, encoder: str = "resnet50", encoder_weights: st
     backbone = build_encoder(encoder, width, encoder_weights, output_stride=OUTPUT_STRIDE)
 
     inputs = keras.Input((None, None, 3), name="image")
-    x = preprocessing(encoder)(inputs)
+    x = preprocess_input(inputs, encoder, input_norm)
     x = PadToMultiple(OUTPUT_STRIDE, name="pad")(x)
     x = encoder_features(backbone, x)[32]  # nominal key 32: stride 8 here
     x = conv_bn_relu(x, scaled(ENCODERS[encoder].channels[-1] // 4, width), 3, "head")

@@ -45,7 +45,7 @@ from typing import Callable
 import keras
 
 from fcnseg.models import weights as pretrained
-from fcnseg.models.layers import CaffePreprocess, ImageNetNormalize
+from fcnseg.models.layers import CaffePreprocess, ImageNetNormalize, PerImageStandardize
 from fcnseg.models.mit import MIT_VARIANTS, mit_encoder
 from fcnseg.models.resnet import RESNET_DEPTHS, resnet_encoder, stage_dilations
 from fcnseg.models.vgg import apply_vgg16
@@ -281,6 +281,25 @@ def feature_strides(output_stride: int = 32) -> dict[int, int]:
 def preprocessing(name: str, layer_name: str = "preprocess") -> keras.layers.Layer:
     """The layer that turns RGB 0..255 into what encoder ``name``'s weights expect."""
     return PREPROCESSING[ENCODERS[name].preprocess][0](layer_name)
+
+
+# --input-norm: what happens to the RGB 0..255 image before the encoder's own preprocessing; the
+# words go to --help and the README.
+INPUT_NORMS: dict[str, str] = {
+    "encoder": "none: the encoder's fixed ImageNet preprocessing only",
+    "per-image": "each image's per-channel mean and std moved onto ImageNet's first (removes overall "
+                 "brightness, contrast and colour cast, e.g. dusk or overcast test images)",
+}
+
+
+def preprocess_input(x, encoder: str, input_norm: str = "encoder"):
+    """``x`` (RGB 0..255) through ``input_norm`` (a key of ``INPUT_NORMS``) and the layer that
+    turns it into what encoder ``encoder``'s weights expect."""
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"--input-norm must be one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
+    if input_norm == "per-image":
+        x = PerImageStandardize(name="input_norm")(x)
+    return preprocessing(encoder)(x)
 
 
 def encoder_features(encoder: keras.Model, x) -> dict:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import keras
 
+from fcnseg.models.encoders import preprocess_input
 from fcnseg.models.layers import (
-    CaffePreprocess,
     CropToReference,
     PadToMultiple,
     PatchMatmulConv2D,
@@ -55,13 +55,14 @@ def _fcn(
     width: float,
     dropout: float,
     encoder: str = "vgg16",
+    input_norm: str = "encoder",
 ) -> keras.Model:
     if encoder != "vgg16":
         raise ValueError(f"{variant} is built on VGG16: --encoder must be vgg16, got {encoder!r}")
     if encoder_weights is not None and width != 1.0:
         raise ValueError(f"pretrained encoder weights need width=1.0, got width={width}")
     inputs = keras.Input((None, None, 3), name="image")
-    x = CaffePreprocess(name="preprocess")(inputs)
+    x = preprocess_input(inputs, encoder, input_norm)
     x = PadToMultiple(32, name="pad")(x)
     feats = apply_vgg16(x, width)
 
@@ -103,6 +104,7 @@ def fcn32s(
     width: float = 1.0,
     dropout: float = 0.5,
     encoder: str = "vgg16",
+    input_norm: str = "encoder",
 ) -> keras.Model:
     """FCN-32s: VGG16, fc6/fc7 as convs, score_fr upsampled 32x.
 
@@ -114,6 +116,8 @@ def fcn32s(
         width: multiplier on every conv's filter count (tiny test models).
         dropout: dropout rate after fc6 and fc7.
         encoder: ``"vgg16"``, the only one (fc6/fc7 are VGG16's classifier).
+        input_norm: a key of ``INPUT_NORMS``: ``"per-image"`` standardises each
+            image's colour statistics before VGG16's Caffe preprocessing.
 
     Returns:
         ``keras.Model`` mapping float32 RGB 0..255 images (B, H, W, 3) to
@@ -124,7 +128,7 @@ def fcn32s(
         >>> model(np.zeros((1, 33, 47, 3), "float32")).shape
         TensorShape([1, 33, 47, 21])
     """
-    return _fcn("fcn32s", num_classes, encoder_weights, width, dropout, encoder)
+    return _fcn("fcn32s", num_classes, encoder_weights, width, dropout, encoder, input_norm)
 
 
 def fcn16s(
@@ -133,6 +137,7 @@ def fcn16s(
     width: float = 1.0,
     dropout: float = 0.5,
     encoder: str = "vgg16",
+    input_norm: str = "encoder",
 ) -> keras.Model:
     """FCN-16s: FCN-32s plus the pool4 skip (2x up, fuse, 16x up).
 
@@ -141,7 +146,7 @@ def fcn16s(
     Example:
         >>> model = fcn16s(21, width=1 / 16)
     """
-    return _fcn("fcn16s", num_classes, encoder_weights, width, dropout, encoder)
+    return _fcn("fcn16s", num_classes, encoder_weights, width, dropout, encoder, input_norm)
 
 
 def fcn8s(
@@ -150,6 +155,7 @@ def fcn8s(
     width: float = 1.0,
     dropout: float = 0.5,
     encoder: str = "vgg16",
+    input_norm: str = "encoder",
 ) -> keras.Model:
     """FCN-8s: staged fusion of score_fr, pool4 and pool3, then 8x up.
 
@@ -164,4 +170,4 @@ def fcn8s(
         >>> model(np.zeros((1, 32, 32, 3), "float32")).shape
         TensorShape([1, 32, 32, 21])
     """
-    return _fcn("fcn8s", num_classes, encoder_weights, width, dropout, encoder)
+    return _fcn("fcn8s", num_classes, encoder_weights, width, dropout, encoder, input_norm)

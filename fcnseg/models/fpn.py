@@ -26,7 +26,7 @@ from __future__ import annotations
 import keras
 
 from fcnseg.models.blocks import upsample
-from fcnseg.models.encoders import build_encoder, encoder_features, preprocessing
+from fcnseg.models.encoders import build_encoder, encoder_features, preprocess_input
 from fcnseg.models.layers import CropToReference, PadToMultiple, scaled
 
 PYRAMID_FILTERS = 256
@@ -70,6 +70,7 @@ def fpn(
     encoder: str = "resnet34",
     encoder_weights: str | None = None,
     width: float = 1.0,
+    input_norm: str = "encoder",
 ) -> keras.Model:
     """Panoptic FPN semantic head (as smp builds it) on an encoder of ``ENCODERS``.
 
@@ -87,6 +88,8 @@ def fpn(
             :func:`fcnseg.models.encoders.build_encoder` takes.
         width: multiplier on the pyramid and segmentation channels (and on
             fcnseg's own encoders); GroupNorm groups follow (module docstring).
+        input_norm: a key of ``INPUT_NORMS``: ``"per-image"`` standardises each
+            image's colour statistics before the encoder's preprocessing.
 
     Returns:
         ``keras.Model`` named ``fpn_<encoder>`` mapping float32 RGB 0..255
@@ -102,7 +105,7 @@ def fpn(
     pyramid, segmentation = scaled(PYRAMID_FILTERS, width), scaled(SEGMENTATION_FILTERS, width)
 
     inputs = keras.Input((None, None, 3), name="image")
-    x = preprocessing(encoder)(inputs)
+    x = preprocess_input(inputs, encoder, input_norm)
     x = PadToMultiple(32, name="pad")(x)
     feats = encoder_features(backbone, x)
 

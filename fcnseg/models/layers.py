@@ -111,6 +111,39 @@ class ImageNetNormalize(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="fcnseg")
+class PerImageStandardize(keras.layers.Layer):
+    """RGB 0..255 -> the same image with each channel's mean and standard deviation moved onto
+    ImageNet's (in 0..255), per image.
+
+    The output is still an RGB 0..255-scaled image, so the encoder's own preprocessing (and its
+    ImageNet weights) follow unchanged; what it removes is each image's overall brightness,
+    contrast and colour cast (any per-channel ``a * x + b`` with ``a > 0`` gives the same output),
+    which is how a dusk or overcast test sequence differs most from daylight training images.
+
+    Args:
+        min_std: floor on each channel's standard deviation (0..255 units), so a flat image is
+            shifted, not amplified into noise.
+    """
+
+    def __init__(self, min_std: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.min_std = float(min_std)
+
+    def call(self, x):
+        mean = ops.mean(x, axis=(1, 2), keepdims=True)
+        std = ops.sqrt(ops.mean(ops.square(x - mean), axis=(1, 2), keepdims=True))
+        target_mean = ops.convert_to_tensor([255.0 * m for m in IMAGENET_RGB_MEAN], dtype=x.dtype)
+        target_std = ops.convert_to_tensor([255.0 * s for s in IMAGENET_RGB_STD], dtype=x.dtype)
+        return (x - mean) * (target_std / ops.maximum(std, self.min_std)) + target_mean
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "min_std": self.min_std}
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
 class PadToMultiple(keras.layers.Layer):
     """Pads H and W at the bottom/right up to a multiple of ``multiple``.
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import keras
 
-from fcnseg.models.encoders import ENCODERS, build_encoder, encoder_features, preprocessing
+from fcnseg.models.encoders import ENCODERS, build_encoder, encoder_features, preprocess_input
 from fcnseg.models.layers import CropToReference, FusedBatchNormalization, PadToMultiple, TORCH_BN, scaled
 
 # The paper's decoder1 output (its other in/out channels are the encoder's, Table 1).
@@ -65,6 +65,7 @@ def linknet(
     encoder: str = "resnet18",
     encoder_weights: str | None = None,
     width: float = 1.0,
+    input_norm: str = "encoder",
 ) -> keras.Model:
     """LinkNet on an encoder of ``fcnseg.models.encoders.ENCODERS``.
 
@@ -80,6 +81,8 @@ def linknet(
             :func:`fcnseg.models.encoders.build_encoder` takes.
         width: multiplier on every conv's filter count (tiny test models);
             keras.applications encoders keep their full width.
+        input_norm: a key of ``INPUT_NORMS``: ``"per-image"`` standardises each
+            image's colour statistics before the encoder's preprocessing.
 
     Returns:
         ``keras.Model`` named ``linknet_<encoder>`` mapping float32 RGB 0..255
@@ -94,7 +97,7 @@ def linknet(
     channels = dict(zip((2, 4, 8, 16, 32), ENCODERS[encoder].channels))
 
     inputs = keras.Input((None, None, 3), name="image")
-    x = preprocessing(encoder)(inputs)
+    x = preprocess_input(inputs, encoder, input_norm)
     x = PadToMultiple(32, name="pad")(x)
     feats = encoder_features(backbone, x)  # the paper's encoder1..encoder4 are strides 4..32
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import keras
 
 from fcnseg.models.blocks import conv_bn_relu, upsample
-from fcnseg.models.encoders import ENCODERS, build_encoder, encoder_features, preprocessing
+from fcnseg.models.encoders import ENCODERS, build_encoder, encoder_features, preprocess_input
 from fcnseg.models.layers import AdaptiveAveragePooling2D, CropToReference, PadToMultiple, ResizeToReference, scaled
 
 OUTPUT_STRIDE = 8
@@ -55,7 +55,7 @@ def apply_pyramid_pooling(x, channels: int, name: str = "ppm"):
 
 
 def pspnet(num_classes: int, encoder: str = "resnet50", encoder_weights: str | None = None,
-           width: float = 1.0) -> keras.Model:
+           width: float = 1.0, input_norm: str = "encoder") -> keras.Model:
     """PSPNet on a dilated (output stride 8) encoder of the table.
 
     Args:
@@ -64,6 +64,8 @@ def pspnet(num_classes: int, encoder: str = "resnet50", encoder_weights: str | N
         encoder_weights: ``None``, ``"imagenet"`` or a local path, as
             :func:`fcnseg.models.encoders.build_encoder` takes.
         width: multiplier on the head's filters (and fcnseg's own encoders').
+        input_norm: a key of ``INPUT_NORMS``: ``"per-image"`` standardises each
+            image's colour statistics before the encoder's preprocessing.
 
     Returns:
         ``keras.Model`` named ``pspnet_<encoder>`` mapping float32 RGB 0..255
@@ -77,7 +79,7 @@ def pspnet(num_classes: int, encoder: str = "resnet50", encoder_weights: str | N
     channels = scaled(ENCODERS[encoder].channels[-1] // len(PYRAMID_BINS), width)
 
     inputs = keras.Input((None, None, 3), name="image")
-    x = preprocessing(encoder)(inputs)
+    x = preprocess_input(inputs, encoder, input_norm)
     x = PadToMultiple(OUTPUT_STRIDE, name="pad")(x)
     x = encoder_features(backbone, x)[32]  # nominal key 32: stride 8 here
     x = apply_pyramid_pooling(x, channels)

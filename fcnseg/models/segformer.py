@@ -16,11 +16,13 @@ each stage's linear layer before upsampling).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
 from keras import ops
 
 from fcnseg.models.blocks import BilinearUpsample
-from fcnseg.models.encoders import build_encoder, encoder_features, preprocessing
+from fcnseg.models.encoders import build_encoder, encoder_features, preprocess_input
 from fcnseg.models.layers import TORCH_BN, CropToReference, FusedBatchNormalization, PadToMultiple, scaled
 from fcnseg.models.mit import (MIT_CONFIG_KEYS, MIT_VARIANTS, encoder_from_config, keras_hub_module, load_hub_preset,
                                mit_config)
@@ -30,7 +32,7 @@ DECODER_FILTERS = 256
 
 
 def segformer(num_classes: int, encoder: str = "mit_b0", encoder_weights: str | None = None,
-              width: float = 1.0) -> keras.Model:
+              width: float = 1.0, input_norm: str = "encoder") -> keras.Model:
     """SegFormer on MiT variant ``encoder``.
 
     Parameters equal keras-hub's ``SegFormerImageSegmenter`` on the same
@@ -43,6 +45,8 @@ def segformer(num_classes: int, encoder: str = "mit_b0", encoder_weights: str | 
         encoder_weights: ``None``, a keras-hub MiT preset name or a local
             preset directory (:func:`fcnseg.models.mit.mit_encoder`).
         width: multiplier on the MiT embedding dims and the decoder's C.
+        input_norm: a key of ``INPUT_NORMS``: ``"per-image"`` standardises each
+            image's colour statistics before the encoder's preprocessing.
 
     Returns:
         ``keras.Model`` named ``segformer_<encoder>`` from float32 RGB 0..255
@@ -57,13 +61,14 @@ def segformer(num_classes: int, encoder: str = "mit_b0", encoder_weights: str | 
         raise ValueError(f"--model segformer cannot take --encoder {encoder}; its encoders are: "
                          f"{', '.join(MIT_VARIANTS)}")
     backbone = build_encoder(encoder, width, encoder_weights)
-    return assemble(backbone, num_classes, scaled(DECODER_FILTERS, width), preprocessing(encoder),
-                    f"segformer_{encoder}")
+    return assemble(backbone, num_classes, scaled(DECODER_FILTERS, width),
+                    lambda x: preprocess_input(x, encoder, input_norm), f"segformer_{encoder}")
 
 
-def assemble(backbone: keras.Model, num_classes: int, filters: int, preprocess: keras.layers.Layer,
+def assemble(backbone: keras.Model, num_classes: int, filters: int, preprocess: Callable,
              name: str) -> keras.Model:
-    """The SegFormer model around a MiT encoder model (strides 4..32) and a preprocessing layer."""
+    """The SegFormer model around a MiT encoder model (strides 4..32) and ``preprocess`` (a layer,
+    or a function of the input tensor that applies layers)."""
     inputs = keras.Input((None, None, 3), name="image")
     x = preprocess(inputs)
     x = PadToMultiple(32, name="pad")(x)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 
 from fcnseg.models.blocks import conv_bn_relu
-from fcnseg.models.encoders import build_encoder, encoder_features, preprocessing
+from fcnseg.models.encoders import build_encoder, encoder_features, preprocess_input
 from fcnseg.models.layers import CropToReference, PadToMultiple, scaled
 
 # smp.Unet's default decoder_channels: one block per stride 16, 8, 4, 2, 1.
@@ -50,6 +50,7 @@ def unet(
     encoder: str = "resnet34",
     encoder_weights: str | None = None,
     width: float = 1.0,
+    input_norm: str = "encoder",
 ) -> keras.Model:
     """U-Net (segmentation_models' decoder) on an encoder of ``fcnseg.models.encoders.ENCODERS``.
 
@@ -67,6 +68,8 @@ def unet(
             :func:`fcnseg.models.encoders.build_encoder` takes.
         width: multiplier on the decoder's filters (and on fcnseg's own
             encoders); keras.applications encoders keep their full width.
+        input_norm: a key of ``INPUT_NORMS``: ``"per-image"`` standardises each
+            image's colour statistics before the encoder's preprocessing.
 
     Returns:
         ``keras.Model`` named ``unet_<encoder>`` mapping float32 RGB 0..255
@@ -81,7 +84,7 @@ def unet(
     backbone = build_encoder(encoder, width, encoder_weights)
 
     inputs = keras.Input((None, None, 3), name="image")
-    x = preprocessing(encoder)(inputs)
+    x = preprocess_input(inputs, encoder, input_norm)
     x = PadToMultiple(32, name="pad")(x)
     feats = encoder_features(backbone, x)
 
