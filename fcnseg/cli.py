@@ -220,7 +220,7 @@ def train_option(*decls: str, help: str = "", **kwargs):
 @train_option("--class-weights", "class_weights", metavar="W0,W1,...|FILE",
               help="Per-class loss weights, one per class, or a JSON file holding them "
                    "(e.g. the class_weights.json that `fcnseg check-labels` writes).")
-@train_option("--loss", "loss", help="Loss: ce, dice, fbeta, focal, lovasz, tversky, or a weighted sum such as "
+@train_option("--loss", "loss", help="Loss: ce, dice, fbeta, focal, lovasz, ohem, tversky, or a weighted sum such as "
                                      "'ce+0.5*dice' (--head sigmoid: bce, dice, 'bce+dice'). Void pixels are "
                                      "ignored by all of them.")
 @train_option("--fbeta", "fbeta", default=None, metavar="B|B0,B1,...",

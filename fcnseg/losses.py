@@ -97,6 +97,50 @@ class MaskedCrossEntropy(_SegmentationLoss):
 
 
 @keras.saving.register_keras_serializable(package="fcnseg")
+class OhemCrossEntropy(_SegmentationLoss):
+    """Cross-entropy over the hard pixels only (online hard example mining, as mmsegmentation's
+    ``OHEMPixelSampler`` with its defaults): a pixel counts when its true class's probability is
+    at most ``thresh``, and at least ``min_kept`` of the batch's non-void pixels (the hardest)
+    always count. Easy road and sky pixels then stop dominating the average, which leaves the
+    gradient to thin and rare classes; class weights apply as in :class:`MaskedCrossEntropy`.
+
+    Args:
+        thresh: probability of the true class at or below which a pixel is hard.
+        min_kept: fraction of the non-void pixels that is kept at the least.
+    """
+
+    def __init__(self, num_classes: int, class_weights: Sequence[float] | None = None, thresh: float = 0.7,
+                 min_kept: float = 0.1, name: str = "ohem", **kwargs):
+        super().__init__(num_classes, name=name, **kwargs)
+        self.class_weights = _floats(class_weights)
+        self.thresh = float(thresh)
+        self.min_kept = float(min_kept)
+
+    def call(self, y_true, y_pred):
+        valid, safe = _valid(y_true, self.num_classes)
+        ce = ops.reshape(ops.sparse_categorical_crossentropy(safe, ops.cast(y_pred, "float32"), from_logits=True),
+                         (-1,))
+        valid = ops.reshape(valid, (-1,))
+        p_true = ops.where(valid, ops.exp(-ops.stop_gradient(ce)), 2.0)  # void sorts after every real pixel
+        count = ops.sum(ops.cast(valid, "int32"))
+        k = ops.maximum(ops.cast(ops.cast(count, "float32") * self.min_kept, "int32"), 1)
+        # When fewer than k pixels are below thresh, the k-th hardest pixel's probability is the
+        # threshold; only then is the (costly) sort run.
+        threshold = ops.cond(
+            ops.sum(ops.cast(p_true <= self.thresh, "int32")) >= k,
+            lambda: ops.convert_to_tensor(self.thresh, "float32"),
+            lambda: ops.maximum(ops.take(ops.sort(p_true), ops.minimum(k, ops.shape(p_true)[0]) - 1), self.thresh))
+        keep = ops.cast(ops.logical_and(valid, p_true <= threshold), "float32")
+        if self.class_weights is not None:
+            keep = keep * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), ops.reshape(safe, (-1,)))
+        return ops.sum(ce * keep) / ops.maximum(ops.sum(keep), EPS)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "class_weights": self.class_weights, "thresh": self.thresh,
+                "min_kept": self.min_kept}
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
 class FocalLoss(_SegmentationLoss):
     """Focal loss (Lin et al. 2017): cross-entropy scaled by (1 - p_true)^gamma, void ignored."""
 
@@ -323,6 +367,7 @@ def _builders(num_classes: int, opts: LossOptions) -> dict[str, Callable[[], ker
         "fbeta": lambda: fbeta(num_classes, opts.fbeta),
         "focal": lambda: focal(num_classes, opts.focal_gamma, opts.class_weights),
         "lovasz": lambda: LovaszSoftmaxLoss(num_classes),
+        "ohem": lambda: OhemCrossEntropy(num_classes, opts.class_weights),
         "tversky": lambda: tversky(num_classes, opts.tversky_alpha, opts.tversky_beta),
     }
 
@@ -334,7 +379,7 @@ def _sigmoid_builders(opts: LossOptions) -> dict[str, Callable[[], keras.losses.
     return {"bce": bce, "ce": bce, "dice": lambda: BinaryDiceLoss(2)}
 
 
-LOSS_NAMES = ("ce", "dice", "fbeta", "focal", "lovasz", "tversky")
+LOSS_NAMES = ("ce", "dice", "fbeta", "focal", "lovasz", "ohem", "tversky")
 # The losses of each head (fcnseg.heads); "ce" of a sigmoid head is its binary cross-entropy.
 HEAD_LOSS_NAMES = {"softmax": LOSS_NAMES, "sigmoid": ("bce", "ce", "dice")}
 

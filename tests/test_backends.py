@@ -70,7 +70,7 @@ rng = np.random.default_rng(0)
 y = rng.integers(0, 4, (2, 6, 5)); y[0, :2] = 255
 z = rng.normal(size=(2, 6, 5, 3)).astype("float32")
 opts = losses.LossOptions(class_weights=(0.5, 2.0, 1.0), fbeta=(1.0, 2.0, 0.5))
-values = {{s: float(losses.make_loss(s, 3, opts)(y, z)) for s in ("ce", "dice", "fbeta", "focal", "lovasz", "tversky")}}
+values = {{s: float(losses.make_loss(s, 3, opts)(y, z)) for s in ("ce", "dice", "fbeta", "focal", "lovasz", "ohem", "tversky")}}
 iou = metrics.StreamingIoU(3)
 iou.update_state(y, z)
 print(json.dumps({{"blocked": blocked, "tf": "tensorflow" in sys.modules, "fast": layers.fast_cpu_kernels(),

@@ -19,7 +19,7 @@ def _batch(seed=0):
     return tf.constant(labels), tf.constant(logits)
 
 
-@pytest.mark.parametrize("spec", ["ce", "dice", "fbeta", "focal", "lovasz", "tversky", "ce+0.5*dice"])
+@pytest.mark.parametrize("spec", ["ce", "dice", "fbeta", "focal", "lovasz", "ohem", "tversky", "ce+0.5*dice"])
 def test_void_pixels_do_not_change_any_loss(spec):
     labels, logits = _batch()
     fn = losses.make_loss(spec, C)
@@ -97,6 +97,8 @@ def _np_reference(spec, labels, logits, opts):
         return (w[y] * -logp_t).sum() / w[y].sum()
     if spec == "focal":
         return (w[y] * (1 - np.exp(logp_t)) ** opts.focal_gamma * -logp_t).sum() / w[y].sum()
+    if spec == "ohem":
+        return _np_ohem(logp_t, w[y])
     p, onehot = np.exp(logp), np.eye(C)[y]
     if spec == "lovasz":
         return _np_lovasz(p, onehot)
@@ -111,6 +113,40 @@ def _np_reference(spec, labels, logits, opts):
         score = (tp + eps) / (tp + opts.tversky_alpha * (pm - tp) + opts.tversky_beta * (ym - tp) + eps)
     present = (ym + pm) > 0.5
     return 1 - score[present].mean()
+
+
+def _np_ohem(logp_t, w, thresh=0.7, min_kept=0.1):
+    """mmsegmentation's OHEM pixel sampler: the pixels whose true-class probability is at most
+    thresh, or the min_kept hardest when fewer are, then weighted cross-entropy over them."""
+    p_t = np.exp(logp_t)
+    k = max(int(len(p_t) * min_kept), 1)
+    hard = p_t <= max(np.sort(p_t)[k - 1], thresh)
+    return (w * -logp_t)[hard].sum() / w[hard].sum()
+
+
+def test_ohem_keeps_the_hardest_pixels_when_few_are_below_the_threshold():
+    rng = np.random.default_rng(8)
+    labels = rng.integers(0, C, (2, 10, 10)).astype(np.int32)
+    labels[1, :5] = 255  # 150 non-void pixels: at least 15 are kept
+    logits = np.eye(C, dtype=np.float32)[labels % 255] * 6.0  # confident and right: p_true ~0.995
+    hard = [(0, 0, 0), (0, 3, 4), (1, 9, 9)]
+    for b, i, j in hard:  # three wrong pixels
+        logits[b, i, j] = np.roll(logits[b, i, j], 1)
+    logits[0, 5:, :] += rng.normal(0, 0.5, (5, 10, C)).astype(np.float32)  # 50 pixels a bit less sure
+    loss = losses.make_loss("ohem", C)
+    got = float(loss(tf.constant(labels), tf.constant(logits)))
+    y, z = labels.ravel(), logits.reshape(-1, C).astype(np.float64)
+    keep = y < C
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    logp_t = logp[np.arange(len(y)), np.where(keep, y, 0)][keep]
+    assert got == pytest.approx(_np_ohem(logp_t, np.ones(keep.sum())), rel=1e-5)
+    # exactly the 15 hardest count: the mean of their cross-entropies, far above the plain mean
+    hardest = np.sort(-logp_t)[::-1][:15]
+    assert got == pytest.approx(hardest.mean(), rel=1e-5)
+    assert got > 5 * float(losses.make_loss("ce", C)(tf.constant(labels), tf.constant(logits)))
+    # with every pixel hard it is plain cross-entropy
+    flat = tf.zeros_like(tf.constant(logits))
+    assert float(loss(tf.constant(labels), flat)) == pytest.approx(np.log(C), rel=1e-6)
 
 
 def _np_lovasz(p, onehot):
