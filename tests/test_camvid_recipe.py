@@ -105,6 +105,9 @@ def test_augment_preset_and_ema_reach_the_training_config(tmp_path):
     assert config.augment_preset == "default" and config.ema == 0.998 and config.loss == "ce+0.5*dice"
     recipe_default = recipe.recipe_config(recipe.parse_args([]), str(tmp_path / "r"), 10, None, 1.0)
     assert recipe_default.augment_preset == "strong" and recipe_default.ema == 0.0 and recipe_default.loss == "ce+dice"
+    assert recipe_default.input_norm == "per-image"
+    plain = recipe.recipe_config(recipe.parse_args(["--input-norm", "encoder"]), str(tmp_path / "p"), 10, None, 1.0)
+    assert plain.input_norm == "encoder"
     # strong widens every photometric range and leaves the geometry alone
     strong, default = AUGMENTS["strong"], AUGMENTS["default"]
     assert all(getattr(strong, k) > getattr(default, k) for k in ("brightness", "contrast", "saturation", "gamma"))

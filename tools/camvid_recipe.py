@@ -43,7 +43,12 @@ other); cross-entropy plus soft Dice (``--loss ce+dice``), which took the held-o
 dusk sequence from 33.1 (cross-entropy alone, the strong-jitter run above) to
 35.4 mIoU in a 60-minute run on one core of the same machine (standard val
 66.4; ``--loss ce+lovasz``, Lovász-softmax, reached 28.3: its per-class sort of
-every pixel cost a third of the steps, 810 against 1183); augmentation at all
+every pixel cost a third of the steps, 810 against 1183); per-image input
+normalisation (``--input-norm per-image``: each image's per-channel mean and
+std moved onto ImageNet's inside the model), which took the held-out dusk
+sequence to 38.9 mIoU against 29.5 for the same settings without it in a
+side-by-side 60-minute run (one core each; 35.4 in the earlier ce+dice run;
+standard val 69.7 against 63.8); augmentation at all
 (random scale 0.75-1.25, crop, flip, photometric jitter) because
 val shares a sequence with train and only augmentation makes the figure mean
 something for new streets; cross-entropy weighted by the square roots of the
@@ -101,7 +106,7 @@ def recipe_config(args, run_dir: str, epochs: int, steps_per_epoch: int | None, 
         width=getattr(args, "model_width", 1.0), source_options=options, image_size=image_size, epochs=epochs, batch_size=args.batch_size,
         steps_per_epoch=steps_per_epoch, learning_rate=args.lr, schedule="onecycle",
         loss=getattr(args, "loss", "ce+dice"), class_weights=CLASS_WEIGHTS[args.weights], augment=True, image_every=0, seed=args.seed,
-        augment_preset=getattr(args, "augment_preset", "strong"), input_norm=getattr(args, "input_norm", "encoder"),
+        augment_preset=getattr(args, "augment_preset", "strong"), input_norm=getattr(args, "input_norm", "per-image"),
         run_dir=run_dir, save_every=10**9, max_minutes=max_minutes,
         mixed_precision=None if args.precision == "float32" else args.precision, ema=getattr(args, "ema", 0.0),
     )
@@ -176,9 +181,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "weights of the same run are scored on the held-out split too, for comparison")
     parser.add_argument("--loss", default="ce+dice",
                         help="fcnseg train --loss (default ce+dice; the class weights apply to ce and focal)")
-    parser.add_argument("--input-norm", default="encoder", choices=input_norms(),
-                        help="fcnseg train --input-norm: per-image moves each image's colour statistics onto "
-                             "ImageNet's inside the model (for the dusk held-out sequence)")
+    parser.add_argument("--input-norm", default="per-image", choices=input_norms(),
+                        help="fcnseg train --input-norm: per-image (the recipe's default) moves each image's "
+                             "colour statistics onto ImageNet's inside the model; encoder leaves the image as is")
     parser.add_argument("--model-width", type=float, default=1.0,
                         help="filter-count multiplier (1.0 = LinkNet-ResNet18; smaller for quick checks)")
     return parser.parse_args(argv)
