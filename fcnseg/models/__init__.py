@@ -4,7 +4,8 @@ PSPNet, DeepLabv3+ and FCN-ResNet (``fcn``) on dilated ResNets; SegFormer (MiT).
 Every builder returns a ``keras.Model`` from float32 RGB 0..255 images
 (B, H, W, 3) to float32 logits (B, H, W, num_classes) for any H and W, and
 takes ``encoder`` (a key of ``fcnseg.models.encoders.ENCODERS`` that
-``MODEL_ENCODERS`` allows for it), ``encoder_weights`` and ``width``.
+``MODEL_ENCODERS`` allows for it), ``encoder_weights``, ``width`` and ``input_norm`` (a key of
+``fcnseg.models.encoders.INPUT_NORMS``).
 """
 
 from fcnseg.models.deeplabv3plus import deeplabv3plus
