@@ -67,8 +67,8 @@ def test_recipe_refuses_an_unknown_sequence_in_one_line_before_making_out(tmp_pa
     assert str(e.value).startswith("Error: --source-option val_sequences=0002XX") and "\n" not in str(e.value)
     assert "0001TP, 0006R0, 0016E5" in str(e.value) and not (tmp_path / "out").exists()
     with pytest.raises(SystemExit) as e:
-        recipe.main(["--minutes", "0.1", "--data-dir", str(data), "--out", str(tmp_path / "out"), "--loss", "ce+ohem"])
-    assert str(e.value).startswith("Error: --loss 'ce+ohem': unknown loss 'ohem'") and "\n" not in str(e.value)
+        recipe.main(["--minutes", "0.1", "--data-dir", str(data), "--out", str(tmp_path / "out"), "--loss", "ce+hinge"])
+    assert str(e.value).startswith("Error: --loss 'ce+hinge': unknown loss 'hinge'") and "\n" not in str(e.value)
     assert not (tmp_path / "out").exists()
 
 
