@@ -22,6 +22,19 @@ from fcnseg.labelrules import looks_interpolated
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+def without_autotune_model(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """``ds`` without tf.data's autotuning model thread.
+
+    Deleting an iterator waits for that thread's current sleep (up to a minute) to end:
+    measured 15-42 s at some epoch ends of a busy 2-core CPU, a sixth of a 60-minute
+    CamVid run. Without it, AUTOTUNE maps run on every core and prefetch buffers still
+    grow on demand; on this data the pipeline is as fast either way (51 batches in 2.5 s).
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
 @dataclass(frozen=True)
 class Augment:
     """Training-time augmentation; geometry applies to image and label together,
@@ -343,4 +356,4 @@ def finish(
             ),
             num_parallel_calls=AUTOTUNE,
         )
-    return ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+    return without_autotune_model(ds.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE))

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from fcnseg import checkpoint, sources
+from fcnseg.data import without_autotune_model
 from fcnseg.errors import FcnsegError
 from fcnseg.files import write_json
 from fcnseg.inference import (Resolution, make_infer, resize_probabilities, resolution, run_at_resolution,
@@ -109,7 +110,7 @@ def evaluate(config: EvaluateConfig, log: Callable[[str], None] = print, progres
     total = source.split_size(config.split)
     try:
         with open_bar(progress, total) as bar:
-            pairs = getattr(source, "evaluation_elements", source.elements)(config.split)
+            pairs = without_autotune_model(getattr(source, "evaluation_elements", source.elements)(config.split))
             for image, label in pairs.as_numpy_iterator():
                 probs = _probabilities(infer, image, label.shape, config, res)
                 pred = probs.argmax(-1)

@@ -64,3 +64,21 @@ def test_crop_pads_with_void():
                                        (16, 16), 255)
     assert lab.shape == (16, 16)
     assert (lab.numpy()[10:] == 255).all() and (lab.numpy()[:, 10:] == 255).all()
+
+
+def test_pipelines_run_without_the_autotune_model_thread():
+    # Deleting an iterator that has tf.data's autotuning model thread waits out that thread's
+    # sleep (up to a minute, at every epoch end): training and validation batches must not start one.
+    from fcnseg.sources.synthetic import SyntheticSource
+
+    source = SyntheticSource((48, 32), 0, train_size=4, val_size=2)
+    train = source.dataset("train", 2, training=True, seed=1, augment=data.Augment())
+    val = source.dataset("val", 2)
+    # What the training loop adds per epoch keeps the option.
+    epoch = train.repeat().skip(1).take(3)
+    for ds in (train, val, epoch):
+        assert ds.options().autotune.enabled is False
+    images, labels = next(iter(epoch))
+    assert images.shape == (2, 32, 48, 3) and labels.shape == (2, 32, 48)
+    # The plain pipeline without the helper has it on: the assertion above is not vacuous.
+    assert tf.data.Dataset.range(3).options().autotune.enabled is not False

@@ -124,6 +124,28 @@ def test_evaluate_matches_an_independent_computation(tiny_checkpoint, tmp_path):
     assert got["images"] == 3
 
 
+def test_evaluate_iterates_without_the_autotune_model_thread(tiny_checkpoint, monkeypatch):
+    # fcnseg evaluate's one pass ends by deleting its iterator, which waits out the autotuning
+    # model thread's sleep when there is one (see fcnseg.data.without_autotune_model).
+    import tensorflow as tf
+
+    from fcnseg.evaluate import EvaluateConfig, evaluate
+
+    seen = []
+    original = tf.data.Dataset.as_numpy_iterator
+
+    def spy(self):
+        seen.append(self.options().autotune.enabled)
+        return original(self)
+
+    monkeypatch.setattr(tf.data.Dataset, "as_numpy_iterator", spy)
+    path, _ = tiny_checkpoint
+    result = evaluate(EvaluateConfig(str(path), "synthetic", None, source_options={"val_size": 2}),
+                      log=lambda _: None)
+    assert result["images"] == 2
+    assert seen == [False]
+
+
 def test_evaluate_options_flip_window_native(tiny_checkpoint, tmp_path):
     path, _ = tiny_checkpoint
     for extra in (["--flip"], ["--window", "64x48"], ["--size", "native"]):
