@@ -33,8 +33,11 @@ def test_recipe_trains_until_the_clock_and_reports_both_vals(tmp_path, capsys):
                  "--height", "12", "--batch-size", "2", "--precision", "float32", "--model-width", "0.125",
                  "--ema", "0.9", "--no-native-crops"])
     summary = json.loads((out / "val_scores.json").read_text())
-    # 0001TP held out: train is the 6 other frames of train+val, 3 steps per epoch at batch 2
-    assert summary["steps_per_epoch"] == 3
+    # 0001TP held out: train is the 6 other frames of train+val, 3 steps per pass at batch 2,
+    # and an epoch (what one validation follows) is the default 3 passes
+    assert summary["steps_per_pass"] == 3 and summary["steps_per_epoch"] == 9
+    history = json.loads((out / "train" / "history.json").read_text())
+    assert [row["step"] for row in history[:-1]] == [9 * (i + 1) for i in range(len(history) - 1)]
     # the clock ended the run: it lasted the budget and took many epochs' worth of steps, far fewer than planned
     assert summary["wall_minutes_training"] >= minutes
     assert summary["wall_minutes_training"] < minutes + 1.5
@@ -69,6 +72,11 @@ def test_recipe_refuses_an_unknown_sequence_in_one_line_before_making_out(tmp_pa
     with pytest.raises(SystemExit) as e:
         recipe.main(["--minutes", "0.1", "--data-dir", str(data), "--out", str(tmp_path / "out"), "--loss", "ce+hinge"])
     assert str(e.value).startswith("Error: --loss 'ce+hinge': unknown loss 'hinge'") and "\n" not in str(e.value)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as e:
+        recipe.main(["--minutes", "0.1", "--data-dir", str(data), "--out", str(tmp_path / "out"),
+                     "--passes-per-validation", "0"])
+    assert str(e.value) == "Error: --passes-per-validation 0: must be at least 1"
     assert not (tmp_path / "out").exists()
 
 

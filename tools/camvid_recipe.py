@@ -11,7 +11,9 @@ What it does:
    schedule's progress is the larger of steps done and wall-clock spent, so the
    learning rate reaches the end of its cycle when the budget does, however
    fast the shared machine happens to be;
-2. validates during training on the held-out sequences (``--val-sequences``,
+2. validates during training, after every ``--passes-per-validation`` passes
+   over the training frames (default 3: each validation costs about 7 s of a
+   2-core budget), on the held-out sequences (``--val-sequences``,
    default 0001TP: the camvid source's ``val_sequences`` option; train is then
    every train+val frame of the other sequences, so 0016E5's val frames are
    trained on); ``--val-sequences ''`` trains on the standard train split;
@@ -184,6 +186,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--input-norm", default="per-image", choices=input_norms(),
                         help="fcnseg train --input-norm: per-image (the recipe's default) moves each image's "
                              "colour statistics onto ImageNet's inside the model; encoder leaves the image as is")
+    parser.add_argument("--passes-per-validation", type=int, default=3, metavar="K",
+                        help="training passes over the frames between two validations (an fcnseg epoch of K "
+                             "passes); each validation of the held-out frames takes time from the budget")
     parser.add_argument("--model-width", type=float, default=1.0,
                         help="filter-count multiplier (1.0 = LinkNet-ResNet18; smaller for quick checks)")
     return parser.parse_args(argv)
@@ -205,15 +210,17 @@ def main(argv=None) -> None:
     from fcnseg.losses import parse_spec
     from fcnseg.train import train
 
+    if args.passes_per_validation < 1:
+        raise SystemExit(f"Error: --passes-per-validation {args.passes_per_validation}: must be at least 1")
     try:  # an unknown --val-sequences or --loss: one line, as fcnseg's own commands, before OUT is made
         parse_spec(args.loss)
-        steps_per_epoch = train_steps_per_epoch(args.data_dir, args.batch_size, args.val_sequences)
+        steps_per_pass = train_steps_per_epoch(args.data_dir, args.batch_size, args.val_sequences)
     except FcnsegError as e:
         raise SystemExit(f"Error: {e}") from None
     os.makedirs(args.out)
     run_dir = os.path.join(args.out, "train")
     left_min = args.minutes - (time.time() - start) / 60
-    config = recipe_config(args, run_dir, ENDLESS_EPOCHS, None, left_min)
+    config = recipe_config(args, run_dir, ENDLESS_EPOCHS, steps_per_pass * args.passes_per_validation, left_min)
     train(config, log=log)
     trained_min = (time.time() - start) / 60
     with open(os.path.join(run_dir, "history.json")) as f:
@@ -224,7 +231,8 @@ def main(argv=None) -> None:
     last = os.path.join(run_dir, "last.keras")
     results = evaluate_splits(args, last, log)
     summary = {"budget_minutes": args.minutes, "wall_minutes_training": round(trained_min, 2),
-               "steps": history[-1]["step"], "epochs": len(history), "steps_per_epoch": steps_per_epoch,
+               "steps": history[-1]["step"], "epochs": len(history), "steps_per_pass": steps_per_pass,
+               "steps_per_epoch": config.steps_per_epoch,
                "cpu": cpu, "precision": args.precision,
                "config": dataclasses.asdict(config), **results}
     with open(os.path.join(args.out, "val_scores.json"), "w") as f:
