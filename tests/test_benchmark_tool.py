@@ -164,3 +164,19 @@ def test_a_new_model_runs_against_its_smp_peer(tmp_path):
     assert tf_fig["forward_flops"] > 0
     row = next(line for line in out.stdout.splitlines() if line.startswith("| unet-resnet18@128x96 | 2 | fcnseg |"))
     assert f"| {group['ratio_train_fcnseg_over_torch']:.2f}x |" in row
+
+
+def test_no_bf16_matmul_is_asked_of_onednn_under_an_isa_cap_without_one(benchmark, monkeypatch):
+    # Under ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512/AMX machine TF still sends bf16 matmuls to oneDNN,
+    # which aborted the whole benchmark ("could not create a primitive descriptor for the matmul").
+    assert not benchmark.bf16_matmul_allowed("AVX2") and not benchmark.bf16_matmul_allowed("avx512_core")
+    assert not benchmark.bf16_matmul_allowed("AVX2_VNNI") and not benchmark.bf16_matmul_allowed("AVX512_CORE_VNNI")
+    assert benchmark.bf16_matmul_allowed(None) and benchmark.bf16_matmul_allowed("AVX512_CORE_AMX")
+    assert benchmark.bf16_matmul_allowed("AVX512_CORE_BF16") and benchmark.bf16_matmul_allowed("all")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    peak = benchmark.PeakWorker({"n": 64})
+    assert peak.train() > 0 and peak.infer() != peak.infer()  # fp32 measured, bf16 NaN
+    report = benchmark.peak_report({"float32": [1e11], "bfloat16": [float("nan")], "numpy_sgemm": [9e10],
+                                    "fma_kernel": [8e10]}, 64, {})
+    assert report["bfloat16"] != report["bfloat16"]
+    assert "bf16 peak not measured (ONEDNN_MAX_CPU_ISA" in benchmark.peak_lines(report)[1]
