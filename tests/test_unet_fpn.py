@@ -131,6 +131,38 @@ def test_bilinear_upsample_is_half_pixel_bilinear(factor):
     np.testing.assert_allclose(ops.convert_to_numpy(BilinearUpsample(factor)(x)), want, atol=1e-5)
 
 
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_bilinear_upsample_tensorflow_cpu_path_matches_the_keras_ops_one_with_cheap_gradients(factor, monkeypatch):
+    """On a TF CPU the layer uses ResizeBilinear (its gradient kernel), not slices whose StridedSliceGrad
+    took a third of SegFormer's step; both paths compute the same values and gradients."""
+    import tensorflow as tf
+
+    from fcnseg.models import blocks
+
+    x = tf.constant(np.random.default_rng(factor).normal(size=(2, 5, 7, 3)).astype("float32"))
+    layer = BilinearUpsample(factor)
+    results, op_types = {}, {}
+    for fast in (True, False):
+        monkeypatch.setattr(blocks, "fast_cpu_kernels", lambda fast=fast: fast)
+
+        @tf.function
+        def value_and_grad(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x)
+                # Position-dependent weights, so every output pixel's gradient path is checked.
+                loss = tf.reduce_sum(y * tf.cos(tf.cast(tf.reshape(tf.range(tf.size(y)), tf.shape(y)), y.dtype)))
+            return y, tape.gradient(loss, x)
+
+        results[fast] = [v.numpy() for v in value_and_grad(x)]
+        graph = value_and_grad.get_concrete_function(tf.TensorSpec([None, None, None, 3])).graph
+        op_types[fast] = {op.type for op in graph.get_operations()}
+    for fast_value, plain_value in zip(results[True], results[False]):
+        np.testing.assert_allclose(fast_value, plain_value, rtol=1e-5, atol=1e-5)
+    assert "ResizeBilinearGrad" in op_types[True] and "StridedSliceGrad" not in op_types[True]
+    assert "StridedSliceGrad" in op_types[False]
+
+
 def test_bilinear_upsample_runs_on_a_second_image_size():
     """predict() retraces with unknown H/W on a second size, where Keras' bilinear UpSampling2D fails."""
     inputs = keras.Input((None, None, 3))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from fcnseg.models.layers import FusedBatchNormalization, TORCH_BN
+from fcnseg.models.layers import FusedBatchNormalization, TORCH_BN, fast_cpu_kernels
 
 
 def conv_bn_relu(x, filters: int, kernel_size: int, name: str, *, strides: int = 1, dilation_rate: int = 1,
@@ -57,6 +57,13 @@ class BilinearUpsample(keras.layers.Layer):
     bilinear ``UpSampling2D`` passes the runtime size to ``ops.image.resize``,
     whose ``size <= 0`` check fails in a TensorFlow graph traced with unknown
     H/W (predict on a second image size, dynamic-shape export).
+
+    Where ``fast_cpu_kernels()`` holds (TensorFlow on a CPU) the layer calls
+    ``tf.image.resize`` instead, the same function (to 1e-6): the gradients of
+    the shifted slices are TensorFlow ``StridedSliceGrad`` ops, which took a
+    third of SegFormer-MiT-B0's CPU training step, and ``ResizeBilinear`` with
+    its gradient kernel ran the x2 ... x8 upsamplings 2-6x faster
+    (docs/benchmarks.md).
     """
 
     def __init__(self, factor: int, **kwargs):
@@ -80,6 +87,11 @@ class BilinearUpsample(keras.layers.Layer):
         return ops.reshape(y, [shape[0], *[-1 if i == axis else shape[i] for i in (1, 2)], shape[3]])
 
     def call(self, x):
+        if fast_cpu_kernels():
+            import tensorflow as tf
+
+            size = tf.shape(x)[1:3] * self.factor
+            return tf.cast(tf.image.resize(x, size, method="bilinear"), x.dtype)
         return self._axis(self._axis(x, 1), 2)
 
     def compute_output_shape(self, input_shape):
