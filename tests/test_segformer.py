@@ -22,7 +22,7 @@ from fcnseg.cli import main
 from fcnseg.errors import FcnsegError
 from fcnseg.models import MODEL_ENCODERS, MODELS, encoder_refusal, linknet
 from fcnseg.models.encoders import ENCODERS, build_encoder, encoder_strides
-from fcnseg.models.mit import MIT_VARIANTS, mit_config
+from fcnseg.models.mit import MIT_VARIANTS, MiTFeatures, mit_config
 from fcnseg.models.blocks import BilinearUpsample
 from fcnseg.models.segformer import segformer
 from fcnseg.presets import import_preset
@@ -229,6 +229,20 @@ def test_encoder_weights_from_a_local_mit_preset_and_imagenet_refused(tmp_path):
         build_encoder("mit_b1", weights=str(tmp_path / "tiny"))
     with pytest.raises(WeightsError, match="not a readable keras-hub MiT preset"):
         build_encoder("mit_b0", weights=str(tmp_path))
+
+
+def test_mit_trains_without_keras_hubs_attention_dropouts_as_the_paper():
+    """keras-hub's attention hard-codes Dropout(0.1) on the probabilities and the projection; the
+    paper's MiT (NVlabs, mmseg, smp, HF: attn_drop_rate=drop_rate=0) has neither. Without drop-path
+    and with layer norms only, a training-mode pass must then equal the inference one."""
+    features = MiTFeatures(mit_config("mit_b0", 0.25) | {"max_drop_path_rate": 0.0})
+    x = np.random.default_rng(0).normal(size=(2, 64, 96, 3)).astype("float32")
+    for train, infer in zip(features(x, training=True), features(x, training=False)):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(train), keras.ops.convert_to_numpy(infer), atol=1e-6)
+    with_drop_path = MiTFeatures(mit_config("mit_b0", 0.25))  # drop-path (0.1) still draws in training
+    with_drop_path.set_weights(features.get_weights())
+    outs = [keras.ops.convert_to_numpy(with_drop_path(x, training=True)[-1]) for _ in range(4)]
+    assert any(not np.allclose(a, outs[0]) for a in outs[1:])
 
 
 # --- save/reload, mixed precision, training, JAX ------------------------------------------------------

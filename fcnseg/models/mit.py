@@ -12,7 +12,13 @@ was built for. :class:`MiTFeatures` calls the same sub-layers in the same order
 Mix-FFN with its 3x3 depthwise conv, drop-path, the per-stage layer norm) but
 carries each stage's real (h, w), so any padded H x W works. The Mix-FFN GELU
 is keras-hub's (``keras.ops.nn.gelu``'s tanh approximation), so imported presets
-give keras-hub's numbers.
+give keras-hub's numbers. Training differs from keras-hub's own call in one way,
+towards the paper: keras-hub's attention layer hard-codes two ``Dropout(0.1)``
+(on the attention probabilities and after the output projection), which the
+SegFormer configurations do not have (NVlabs' and mmsegmentation's MiT use
+``drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.1``, as do
+segmentation_models.pytorch's and Hugging Face's), so they are skipped; drop-path
+(0.1) and the head's dropout stay. Inference is unaffected.
 
 MiT gives features at strides 4, 8, 16 and 32; it has none at stride 2.
 """
@@ -116,7 +122,7 @@ class MiTFeatures(keras.layers.Layer):
             batch, h, w, c = shape[0], shape[1], shape[2], x.shape[-1]
             x = embed.norm(ops.reshape(x, (batch, h * w, c)))
             for block in blocks:
-                y = _attention(block.attn, block.norm1(x), h, w, training)
+                y = _attention(block.attn, block.norm1(x), h, w)
                 x = x + block.drop_path(y, training=training)
                 y = _mix_ffn(block.mlp, block.norm2(x), h, w)
                 x = x + block.drop_path(y, training=training)
@@ -135,7 +141,7 @@ class MiTFeatures(keras.layers.Layer):
         return {**super().get_config(), "config": self.config}
 
 
-def _attention(attn, x, h, w, training):
+def _attention(attn, x, h, w):
     """keras-hub's ``SegFormerMultiheadAttention`` with the sequence reduction on an h x w map."""
     shape = ops.shape(x)
     batch, n, c = shape[0], shape[1], x.shape[-1]
@@ -154,9 +160,10 @@ def _attention(attn, x, h, w, training):
         x = attn.norm(ops.reshape(x, (batch, -1, c)))
     k, v = split(attn.k(x)), split(attn.v(x))
     scores = ops.nn.softmax(ops.matmul(q, ops.swapaxes(k, 2, 3)) * attn.scale, axis=-1)
-    y = ops.matmul(attn.dropout(scores, training=training), v)
+    # No attn.dropout / attn.proj_drop: the paper's MiT has neither (module docstring).
+    y = ops.matmul(scores, v)
     y = ops.reshape(ops.transpose(y, (0, 2, 1, 3)), (batch, n, c))
-    return attn.proj_drop(attn.proj(y), training=training)
+    return attn.proj(y)
 
 
 def _mix_ffn(mlp, x, h, w):
