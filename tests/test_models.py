@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from fcnseg.models import MODELS, fcn8s, fcn16s, fcn32s, linknet
 from fcnseg.models.layers import (
+    CropToReference,
     FusedBatchNormalization,
     PadToMultiple,
     PatchMatmulConv2D,
@@ -526,3 +527,26 @@ def test_linknet_encoder_weights_round_trip(tmp_path):
     assert len(got) == len(want)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+def test_crop_to_reference_crops_top_left_with_a_pad_for_gradient():
+    """The crop back to the input's size is differentiated as a Pad, not TF's slow StridedSliceGrad
+    (0.12 s of a 480x360 batch-8 training step on the full-size logits)."""
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 8, 10, 3)).astype("float32"))
+    crop = CropToReference()
+
+    @tf.function
+    def value_and_grad(x, reference):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = crop([x, reference])
+            loss = tf.reduce_sum(y * y)
+        return y, tape.gradient(loss, x)
+
+    y, grad = value_and_grad(x, tf.zeros((2, 5, 7, 1)))
+    np.testing.assert_array_equal(y.numpy(), x.numpy()[:, :5, :7])
+    want = np.zeros(x.shape, "float32")
+    want[:, :5, :7] = 2 * x.numpy()[:, :5, :7]
+    np.testing.assert_allclose(grad.numpy(), want)
+    graph = value_and_grad.get_concrete_function(tf.TensorSpec([None] * 4), tf.TensorSpec([None] * 4)).graph
+    assert "StridedSliceGrad" not in {op.type for op in graph.get_operations()}
