@@ -100,6 +100,32 @@ print(json.dumps({{"blocked": blocked, "tf": "tensorflow" in sys.modules, "fast"
                                        rel=1e-6)
 
 
+def test_patch_matmul_conv_is_one_matrix_product_under_jax_on_a_cpu():
+    """Under JAX on a CPU, FCN's fc6 layer lowers to a matrix product, not XLA's convolution (which ran it
+    150x slower), and computes Conv2D's values."""
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(WORKER.parent)!r})
+import backend_worker  # installs the blocker
+import jax, keras, numpy as np
+from fcnseg.models import layers
+x = np.random.default_rng(0).normal(size=(2, 5, 6, 8)).astype("float32")
+patch, conv = layers.PatchMatmulConv2D(16, 7, padding="same"), keras.layers.Conv2D(16, 7, padding="same")
+patch.build(x.shape); conv.build(x.shape)
+conv.set_weights(patch.get_weights())
+hlo = jax.jit(lambda v: patch(v)).lower(x).as_text()
+diff = float(np.abs(np.asarray(patch(x)) - np.asarray(conv(x))).max())
+print(json.dumps({{"on": layers.patch_matmul_convolutions(), "convolution": "convolution" in hlo,
+                  "dot": "dot_general" in hlo, "diff": diff}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=_env("jax", block_tensorflow=True), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["on"] and got["dot"] and not got["convolution"], got
+    assert got["diff"] < 1e-4, got
+
+
 def _round_trip(tmp_path: Path, names: list[str]) -> None:
     saved = _stage("save", tmp_path, names, "tensorflow")["result"]
     fitted = _stage("fit", tmp_path, names, "jax", block_tensorflow=True)

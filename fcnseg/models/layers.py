@@ -208,11 +208,30 @@ def fast_cpu_kernels() -> bool:
     no GPU: the fused batch norm and the matrix-product convolution were
     measured faster than Keras' own ops on CPUs only. On a GPU, cuDNN's batch
     norm and convolution (which Keras' layers reach) stay until measured
-    otherwise; under JAX or PyTorch the layers are plain Keras layers. The
+    otherwise; under JAX or PyTorch the layers are plain Keras layers (but see
+    :func:`patch_matmul_convolutions`). The
     choice is made when a layer is called (traced), so a checkpoint written
     under one backend or device loads and runs under any other.
     """
     return keras.backend.backend() == "tensorflow" and not _tensorflow_sees_gpu()
+
+
+def patch_matmul_convolutions() -> bool:
+    """Whether :class:`PatchMatmulConv2D` computes its convolution as one matrix product.
+
+    On TensorFlow's CPU kernels (:func:`fast_cpu_kernels`) and under JAX on a
+    CPU: XLA's CPU convolution ran FCN's fc6 (7x7, 128 -> 1024 channels on an
+    8x6 map) 150x slower than the matrix product (docs/benchmarks.md, "Keras
+    backends"). On a GPU, and under PyTorch (not measured), Conv2D stays.
+    """
+    return fast_cpu_kernels() or (keras.backend.backend() == "jax" and _jax_runs_on_cpu())
+
+
+@functools.cache
+def _jax_runs_on_cpu() -> bool:
+    import jax
+
+    return jax.default_backend() == "cpu"
 
 
 @functools.cache
@@ -287,7 +306,7 @@ class PatchMatmulConv2D(keras.layers.Conv2D):
     The kernel keeps Conv2D's (kh, kw, cin, cout) layout and name, so weights,
     checkpoints and converted VGG fc1 weights load unchanged. Strided,
     dilated, grouped or channels-first convolutions, and every backend or
-    device where :func:`fast_cpu_kernels` is false, go through Conv2D.
+    device where :func:`patch_matmul_convolutions` is false, go through Conv2D.
     """
 
     def _patchable(self) -> bool:
@@ -295,7 +314,7 @@ class PatchMatmulConv2D(keras.layers.Conv2D):
                 and tuple(self.dilation_rate) == (1, 1) and self.data_format == "channels_last")
 
     def convolution_op(self, inputs, kernel):
-        if not (fast_cpu_kernels() and self._patchable()):
+        if not (patch_matmul_convolutions() and self._patchable()):
             return super().convolution_op(inputs, kernel)
         kh, kw = self.kernel_size
         cin = kernel.shape[2]
