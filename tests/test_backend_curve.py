@@ -69,8 +69,8 @@ def test_tensorflow_and_jax_curves_start_from_the_same_loss(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--backends", "tensorflow,mxnet"], "--backends mxnet: choose from tensorflow, jax, torch"),
     (["--model", "nosuchnet"], "--model nosuchnet: choose one of " + ", ".join(sorted(MODEL_NAMES))),
-    (["--model", "fcn8s", "--encoder", "resnet18"], "--encoder applies to --model linknet only"),
-    (["--model", "linknet", "--dropout", "0"], "--dropout applies to the VGG16 FCN models (fcn8s, fcn16s, fcn32s) only"),
+    (["--model", "fcn8s", "--encoder", "resnet18"], "--model fcn8s cannot take --encoder resnet18; its encoders are: vgg16"),
+    (["--model", "linknet", "--dropout", "1"], "--dropout 1.0: expected a rate in [0, 1)"),
     (["--image-size", "240"], "--image-size 240: expected WxH, e.g. 240x180"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--data-dir", str(ROOT / "no-such-camvid")], f"--data-dir {ROOT / 'no-such-camvid'}: no such folder"),
@@ -92,3 +92,20 @@ def test_a_failed_backend_run_is_a_one_line_error():
     assert proc.stderr.strip().splitlines()[-1] == (
         "Error: the tensorflow run failed: val: the split gives 32 batches, fewer than the 1000 asked for")
     assert "Traceback" not in proc.stderr
+
+
+def test_dropout_option_reaches_every_dropout_and_drop_path_layer():
+    """--dropout 0 must switch off the head's dropout and the MiT blocks' drop-path alike: each
+    backend draws its own masks, which would part the curves by noise the comparison is not about."""
+    spec = importlib.util.spec_from_file_location("backend_curve", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tiny = ["--model", "segformer", "--width", "0.25", "--data-source", "synthetic"]
+    model = tool.build_model(tool.parse_args([*tiny, "--dropout", "0"]), num_classes=5)
+    layers = [layer for layer in model._flatten_layers(include_self=True, recursive=True)
+              if hasattr(layer, "rate") and type(layer).__name__ in ("Dropout", "DropPath")]
+    assert {type(layer).__name__ for layer in layers} == {"Dropout", "DropPath"}
+    assert all(layer.rate == 0 for layer in layers)
+    default = tool.build_model(tool.parse_args(tiny), num_classes=5)
+    drop_paths = [layer for layer in default._flatten_layers(recursive=True) if type(layer).__name__ == "DropPath"]
+    assert max(layer.rate for layer in drop_paths) > 0

@@ -14,6 +14,7 @@ training, the logits and validation loss of the shared initial weights.
     python tools/backend_curve.py --model linknet --encoder resnet18 --width 0.5 \\
         --image-size 240x180 --epochs 5 --steps-per-epoch 40 --out curve.json
     python tools/backend_curve.py --model fcn8s --width 0.25 --dropout 0 --out fcn.json
+    python tools/backend_curve.py --model deeplabv3plus --encoder resnet50 --width 0.25 --dropout 0
 
 Exact equality is not expected: XLA (JAX) and TensorFlow's kernels sum in
 other orders, so float32 results differ in the last bits and the difference
@@ -54,9 +55,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backends", default="tensorflow,jax", help="comma-separated Keras backends, one process each")
     p.add_argument("--model", default="linknet", help="a key of fcnseg.models.MODELS")
-    p.add_argument("--encoder", default=None, help="linknet's encoder: resnet18 (default) or resnet34")
+    p.add_argument("--encoder", default=None, help="the model's encoder (default: the model's own)")
     p.add_argument("--width", type=float, default=0.5, help="channel width multiplier")
-    p.add_argument("--dropout", type=float, default=None, help="FCN's fc6/fc7 dropout (default: the model's)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="the rate of every dropout layer (default: the model's); 0 turns dropout off, whose "
+                        "masks each backend draws from its own generator")
     p.add_argument("--image-size", default="240x180", help="WxH")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--steps-per-epoch", type=int, default=40)
@@ -74,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    from fcnseg.models import MODELS
+    from fcnseg.models import MODELS, encoder_refusal
 
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in args.backends if b not in BACKENDS]
@@ -82,10 +85,11 @@ def check_args(args: argparse.Namespace) -> None:
         raise ToolError(f"--backends {','.join(unknown) or '(none)'}: choose from {', '.join(BACKENDS)}")
     if args.model not in MODELS:
         raise ToolError(f"--model {args.model}: choose one of {', '.join(sorted(MODELS))}")
-    if args.encoder is not None and args.model != "linknet":
-        raise ToolError("--encoder applies to --model linknet only")
-    if args.dropout is not None and args.model not in ("fcn8s", "fcn16s", "fcn32s"):
-        raise ToolError("--dropout applies to the VGG16 FCN models (fcn8s, fcn16s, fcn32s) only")
+    refusal = encoder_refusal(args.model, args.encoder)
+    if refusal:
+        raise ToolError(refusal)
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise ToolError(f"--dropout {args.dropout}: expected a rate in [0, 1)")
     try:
         w, h = (int(v) for v in args.image_size.lower().split("x"))
         assert w > 0 and h > 0
@@ -106,11 +110,28 @@ def build_model(args: argparse.Namespace, num_classes: int):
     from fcnseg.models import MODELS
 
     kwargs = {"width": args.width}
-    if args.model == "linknet":
-        kwargs["encoder"] = args.encoder or "resnet18"
+    if args.encoder is not None:  # otherwise the model's own default encoder
+        kwargs["encoder"] = args.encoder
+    model = MODELS[args.model](num_classes, **kwargs)
     if args.dropout is not None:
-        kwargs["dropout"] = args.dropout
-    return MODELS[args.model](num_classes, **kwargs)
+        set_dropout(model, args.dropout)
+    return model
+
+
+def set_dropout(model, rate: float) -> int:
+    """Set the rate of every dropout and drop-path layer in ``model``, nested ones too; returns how many.
+
+    Both read their rate when called, so this reaches the traced step. keras-hub's MiT blocks keep
+    their ``DropPath`` as an attribute, not as a layer of a functional graph, hence Keras' own walk.
+    """
+    import keras
+
+    count = 0
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, keras.layers.Dropout) or type(layer).__name__ == "DropPath":
+            layer.rate = rate
+            count += 1
+    return count
 
 
 def materialise(ds, steps: int, what: str) -> tuple[np.ndarray, np.ndarray, str]:
