@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder", default=None, help="the model's encoder (default: the model's own)")
     p.add_argument("--width", type=float, default=0.5, help="channel width multiplier")
     p.add_argument("--dropout", type=float, default=None,
-                   help="the rate of every dropout layer (default: the model's); 0 turns dropout off, whose "
-                        "masks each backend draws from its own generator")
+                   help="the rate of every dropout and drop-path layer (default: the model's); 0 turns them "
+                        "off, whose masks each backend draws from its own generator")
     p.add_argument("--image-size", default="240x180", help="WxH")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--steps-per-epoch", type=int, default=40)
@@ -118,20 +118,17 @@ def build_model(args: argparse.Namespace, num_classes: int):
     return model
 
 
-def set_dropout(model, rate: float) -> int:
-    """Set the rate of every dropout and drop-path layer in ``model``, nested ones too; returns how many.
+def set_dropout(model, rate: float) -> None:
+    """Set the rate of every dropout and drop-path layer in ``model``, nested ones too.
 
     Both read their rate when called, so this reaches the traced step. keras-hub's MiT blocks keep
     their ``DropPath`` as an attribute, not as a layer of a functional graph, hence Keras' own walk.
     """
     import keras
 
-    count = 0
     for layer in model._flatten_layers(include_self=True, recursive=True):
         if isinstance(layer, keras.layers.Dropout) or type(layer).__name__ == "DropPath":
             layer.rate = rate
-            count += 1
-    return count
 
 
 def materialise(ds, steps: int, what: str) -> tuple[np.ndarray, np.ndarray, str]:
