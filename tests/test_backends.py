@@ -126,6 +126,53 @@ print(json.dumps({{"on": layers.patch_matmul_convolutions(), "convolution": "con
     assert got["diff"] < 1e-4, got
 
 
+def test_pixel_shuffle_transposed_conv_is_keras_transposed_conv_without_lhs_dilation_under_jax():
+    """Under JAX, LinkNet's and FCN's transposed convolutions run as a stride-1 convolution and a
+    depth-to-space (no lhs-dilated convolution, whose kernel gradient XLA computes slowly), with
+    the values and both gradients of Keras' Conv2DTranspose for every kernel/stride/padding the
+    models use and a few they do not."""
+    code = f"""
+import json, re, sys
+sys.path.insert(0, {str(WORKER.parent)!r})
+import backend_worker  # installs the blocker
+import jax, jax.numpy as jnp, keras, numpy as np
+from fcnseg.models import layers
+rng = np.random.default_rng(0)
+
+def dilations(layer, x):
+    loss = lambda k, v: jnp.sum(layer.stateless_call([k] + [w.value for w in layer.weights[1:]], [], v)[0] ** 2)
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(layer.kernel.value, x).as_text()
+    return sorted({{int(d) for d in re.findall(r"lhs_dilate = \\[(\\d+)", hlo)}}), loss
+
+out = {{"on": layers.pixel_shuffle_transposed_convs(), "cases": {{}}}}
+for k, s, padding, bias, h, w in [(3, 2, "same", False, 5, 7), (2, 2, "valid", True, 5, 6), (4, 2, "same", False, 7, 5),
+                                  (16, 8, "same", False, 3, 4), (3, 2, "valid", True, 4, 5), (5, 3, "same", True, 4, 4)]:
+    x = rng.normal(size=(2, h, w, 3)).astype("float32")
+    ours = layers.PixelShuffleConv2DTranspose(4, k, strides=s, padding=padding, use_bias=bias)
+    ref = keras.layers.Conv2DTranspose(4, k, strides=s, padding=padding, use_bias=bias)
+    ours.build(x.shape); ref.build(x.shape)
+    ref.set_weights([rng.normal(size=v.shape).astype("float32") for v in ref.weights])
+    ours.set_weights(ref.get_weights())
+    (ours_dil, ours_loss), (ref_dil, ref_loss) = dilations(ours, x), dilations(ref, x)
+    a, b = np.asarray(ours(x)), np.asarray(ref(x))
+    ga = jax.grad(ours_loss, argnums=(0, 1))(ours.kernel.value, x)
+    gb = jax.grad(ref_loss, argnums=(0, 1))(ref.kernel.value, x)
+    rel = lambda p, q: float(np.abs(np.asarray(p) - np.asarray(q)).max() / np.abs(np.asarray(q)).max())
+    out["cases"][f"k{{k}}s{{s}}{{padding}}"] = {{"shape": [list(a.shape), list(b.shape)], "value": rel(a, b),
+        "kernel_grad": rel(ga[0], gb[0]), "input_grad": rel(ga[1], gb[1]), "ours": ours_dil, "keras": ref_dil}}
+print(json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=_env("jax", block_tensorflow=True), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["on"], got
+    for case, r in got["cases"].items():
+        assert r["shape"][0] == r["shape"][1], (case, r)
+        assert max(r["value"], r["kernel_grad"], r["input_grad"]) < 1e-5, (case, r)
+        assert r["ours"] == [1] and max(r["keras"]) > 1, (case, r)  # Keras' own layer does dilate
+
+
 def _round_trip(tmp_path: Path, names: list[str]) -> None:
     saved = _stage("save", tmp_path, names, "tensorflow")["result"]
     fitted = _stage("fit", tmp_path, names, "jax", block_tensorflow=True)

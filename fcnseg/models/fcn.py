@@ -19,6 +19,7 @@ from fcnseg.models.layers import (
     CropToReference,
     PadToMultiple,
     PatchMatmulConv2D,
+    PixelShuffleConv2DTranspose,
     bilinear_initializer,
     scaled,
 )
@@ -37,7 +38,7 @@ def _score(x, num_classes: int, name: str):
 def _upsample(x, num_classes: int, factor: int, name: str):
     # Kernel 2f, stride f, no bias, bilinear init, trainable (as in the paper's
     # final models). "same" padding puts the output on the half-pixel grid.
-    return keras.layers.Conv2DTranspose(
+    return PixelShuffleConv2DTranspose(
         num_classes,
         2 * factor,
         strides=factor,

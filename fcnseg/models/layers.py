@@ -332,6 +332,62 @@ class PatchMatmulConv2D(keras.layers.Conv2D):
         return ops.reshape(out, (shape[0], rows, cols, self.filters))
 
 
+def pixel_shuffle_transposed_convs() -> bool:
+    """Whether :class:`PixelShuffleConv2DTranspose` runs as a convolution and a depth-to-space.
+
+    Under JAX only: XLA differentiates the transposed convolution (a convolution with lhs
+    dilation) with a kernel gradient far slower than a plain convolution's (jax-ml/jax#23783,
+    #31662), and on an H200 fcnseg's LinkNet and FCN-8s trained at 0.23-0.73x the PyTorch peer's
+    speed with it (docs/benchmarks.md, "GPU"). TensorFlow's and PyTorch's own transposed
+    convolutions stay.
+    """
+    return keras.backend.backend() == "jax"
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class PixelShuffleConv2DTranspose(keras.layers.Conv2DTranspose):
+    """``keras.layers.Conv2DTranspose`` computed as one stride-1 convolution and a depth-to-space.
+
+    A stride-s transposed convolution writes input pixel i's contribution to output rows
+    s*i .. s*i + k - 1, so output row s*q + r (phase r) only ever sees kernel rows r, r + s,
+    r + 2s, ...: each of the s x s phases is a plain convolution of the input with a
+    ceil(k/s) x ceil(k/s) slice of the kernel. One convolution with all phases as output channels,
+    interleaved by a depth-to-space and cropped as "same"/"valid" crops, gives exactly the
+    transposed convolution (Shi et al., "Is the deconvolution layer the same as a convolutional
+    layer?", 2016), and it is differentiated as an ordinary convolution. Kernel zero-padded to a
+    multiple of s: a 3x3 stride-2 layer does 16 taps where 9 are needed, still faster under XLA.
+    Same weights, kernel layout and config as the Keras layer, so checkpoints load either way;
+    dilated, channels-first or output-padded layers, and backends where
+    :func:`pixel_shuffle_transposed_convs` is false, go through the Keras layer.
+    """
+
+    def _shufflable(self) -> bool:
+        return (self.data_format == "channels_last" and self.output_padding is None
+                and tuple(self.dilation_rate) == (1, 1))
+
+    def call(self, inputs):
+        if not (pixel_shuffle_transposed_convs() and self._shufflable()):
+            return super().call(inputs)
+        (kh, kw), (sh, sw) = self.kernel_size, self.strides
+        mh, mw = -(-kh // sh), -(-kw // sw)  # taps per phase
+        cin, cout = self.kernel.shape[3], self.filters
+        kernel = ops.pad(self.kernel, [[0, mh * sh - kh], [0, mw * sw - kw], [0, 0], [0, 0]])
+        kernel = ops.reshape(kernel, (mh, sh, mw, sw, cout, cin))  # [m, r, n, t] = K[s*m + r, s*n + t]
+        kernel = ops.flip(ops.transpose(kernel, (0, 2, 5, 1, 3, 4)), axis=(0, 1))  # convolution, not correlation
+        kernel = ops.reshape(kernel, (mh, mw, cin, sh * sw * cout))
+        x = ops.pad(inputs, [[0, 0], [mh - 1, mh - 1], [mw - 1, mw - 1], [0, 0]])
+        y = ops.conv(x, kernel, padding="valid")
+        batch, rows, cols = y.shape[0], y.shape[1], y.shape[2]
+        y = ops.reshape(y, (batch, rows, cols, sh, sw, cout))
+        y = ops.reshape(ops.transpose(y, (0, 1, 3, 2, 4, 5)), (batch, rows * sh, cols * sw, cout))
+        out_shape = self.compute_output_shape(inputs.shape)
+        top, left = ((max(kh - sh, 0) // 2, max(kw - sw, 0) // 2) if self.padding == "same" else (0, 0))
+        y = y[:, top:top + out_shape[1], left:left + out_shape[2], :]
+        if self.use_bias:
+            y = ops.add(y, ops.reshape(self.bias, (1, 1, 1, cout)))
+        return self.activation(y) if self.activation is not None else y
+
+
 @keras.saving.register_keras_serializable(package="fcnseg")
 class AdaptiveAveragePooling2D(keras.layers.Layer):
     """Average pooling of (B, H, W, C) into ``bins`` x ``bins`` cells, any H and W.

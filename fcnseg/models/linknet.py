@@ -11,7 +11,8 @@ from __future__ import annotations
 import keras
 
 from fcnseg.models.encoders import ENCODERS, build_encoder, encoder_features, preprocess_input
-from fcnseg.models.layers import CropToReference, FusedBatchNormalization, PadToMultiple, TORCH_BN, scaled
+from fcnseg.models.layers import (CropToReference, FusedBatchNormalization, PadToMultiple, PixelShuffleConv2DTranspose,
+                                   TORCH_BN, scaled)
 
 # The paper's decoder1 output (its other in/out channels are the encoder's, Table 1).
 DECODER1_FILTERS = 64
@@ -51,7 +52,7 @@ def apply_decoder_block(x, in_filters: int, out_filters: int, name: str, width: 
         # op; the name stays "_deconv" so every decoder block has the same layer names.
         x = keras.layers.Conv2D(mid, 3, padding="same", use_bias=False, name=f"{name}_deconv")(x)
     else:
-        x = keras.layers.Conv2DTranspose(
+        x = PixelShuffleConv2DTranspose(
             mid, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_deconv"
         )(x)
     x = _bn_relu(x, f"{name}_deconv")
@@ -114,13 +115,13 @@ def linknet(
         if level > 1:
             x = keras.layers.Add(name=f"skip{level - 1}")([x, feats[stride // 2]])
 
-    x = keras.layers.Conv2DTranspose(
+    x = PixelShuffleConv2DTranspose(
         scaled(32, width), 3, strides=2, padding="same", use_bias=False, name="final_deconv1"
     )(x)
     x = _bn_relu(x, "final_deconv1")
     x = keras.layers.Conv2D(scaled(32, width), 3, padding="same", use_bias=False, name="final_conv")(x)
     x = _bn_relu(x, "final_conv")
-    x = keras.layers.Conv2DTranspose(num_classes, 2, strides=2, name="final_deconv2")(x)
+    x = PixelShuffleConv2DTranspose(num_classes, 2, strides=2, name="final_deconv2")(x)
     x = CropToReference(name="crop")([x, inputs])
     outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name=f"linknet_{encoder}")
