@@ -402,8 +402,11 @@ def run_group(model: str, w: int, h: int, batch: int, args, matmul: MatmulRate, 
     """Build, warm up, then interleave training and inference rounds until ``args.rounds`` or ``deadline``."""
     started = time.perf_counter()
     contenders = make_contenders(model, w, h, batch, args, notes)
+    compile_s = {}
     for label, c in contenders:  # the first calls compile; the timed second one sizes the rounds
+        t0 = time.perf_counter()
         c.warm_up(1)
+        compile_s[label] = round(time.perf_counter() - t0, 1)
     step_s = max(c.train(1) for _, c in contenders)
     steps = 1 if args.smoke else steps_per_round(step_s, args.round_seconds)
     setup_s = time.perf_counter() - started
@@ -421,7 +424,8 @@ def run_group(model: str, w: int, h: int, batch: int, args, matmul: MatmulRate, 
     result = {"model": model, "size": [w, h], "batch": batch, "steps_per_round": steps, "rounds": rounds,
               "setup_s": round(setup_s, 1), "group_s": round(time.perf_counter() - started, 1)}
     for label, c in contenders:
-        result[label] = c.info() | {"train_s_per_step": statistics.median(train[label]),
+        result[label] = c.info() | {"warm_up_s": compile_s[label],  # compiles: what limits groups per slot
+                                    "train_s_per_step": statistics.median(train[label]),
                                     "train_samples": train[label],
                                     "train_images_per_s": batch / statistics.median(train[label]),
                                     "infer_ms_per_image": 1000 * statistics.median(infer[label]),
@@ -497,7 +501,8 @@ def render(report: dict) -> str:
             lines.append(f"check {key}: params fcnseg {ours['params']:,} torch {peer['params']:,}; forward GFLOP "
                          f"fcnseg {ours['forward_flops'] / 1e9:.2f}, torch FlopCounterMode "
                          f"{(peer.get('forward_flops') or 0) / 1e9:.2f}; {g['rounds']} rounds x "
-                         f"{g['steps_per_round']} steps")
+                         f"{g['steps_per_round']} steps; warm-up (compiles) fcnseg {ours.get('warm_up_s')} s, "
+                         f"torch {peer.get('warm_up_s')} s")
     lines += [f"note: {n}" for n in report["notes"]]
     lines += [f"skipped {k}: {why}" for k, why in report["skipped"].items()]
     return "\n".join(lines)
