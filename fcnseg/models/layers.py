@@ -2,8 +2,9 @@
 
 Bilinear kernels for transposed convolutions (Long et al., "Fully Convolutional
 Networks for Semantic Segmentation", CVPR 2015, sec. 3.3), in-model input
-preprocessing, the pad/crop pair that lets every model take any H x W, and two
-layers with a faster TensorFlow CPU kernel. Everything is written with
+preprocessing, the pad/crop pair that lets every model take any H x W, two
+layers with a faster TensorFlow CPU kernel, and a transposed convolution that
+XLA differentiates fast. Everything is written with
 ``keras.ops`` so the models run on every Keras backend; TensorFlow is imported
 only where its kernels are used. All custom layers are registered so a saved
 ``.keras`` model reloads, under any backend.
