@@ -406,7 +406,10 @@ def _train_epoch(run: _Run, epoch: int, log) -> bool:
         run.loss_count.assign(0)
     total, count = float(run.loss_sum.numpy()), int(run.loss_count.numpy())
     batches = iter(_epoch_dataset(run, epoch, done_in_epoch))
-    log(f"epoch {epoch + 1}/{config.epochs}")
+    # Under --max-minutes the clock, not the epoch count, usually ends the run: say how much is left.
+    left = (f" ({max(0.0, run.deadline - time.time()) / 60:.1f} min of the --max-minutes budget left)"
+            if run.deadline else "")
+    log(f"epoch {epoch + 1}/{config.epochs}{left}")
     bar = Progress(spe, done_in_epoch, enabled=run.chief)
     lr, t0, out_of_time = _current_lr(run.optimizer), time.time(), False
     while True:

@@ -173,6 +173,46 @@ print(json.dumps(out))
         assert r["ours"] == [1] and max(r["keras"]) > 1, (case, r)  # Keras' own layer does dilate
 
 
+def test_reshape_max_pool_is_keras_max_pool_without_select_and_scatter_under_jax():
+    """Under JAX, VGG's 2x2/2 max pools run as a reshape and a max (their gradient is no
+    select-and-scatter, which XLA computes slowly), with the values and input gradient of Keras'
+    MaxPooling2D for even and odd sizes, both paddings and a non-square window; an overlapping
+    window goes through Keras' own layer."""
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(WORKER.parent)!r})
+import backend_worker  # installs the blocker
+import jax, jax.numpy as jnp, keras, numpy as np
+from fcnseg.models import layers
+rng = np.random.default_rng(0)
+out = {{"on": layers.reshape_max_pools(), "cases": {{}}}}
+for pool, stride, padding, h, w in [(2, 2, "valid", 6, 8), (2, 2, "valid", 7, 5), (2, 2, "same", 7, 5),
+                                    ((3, 2), (3, 2), "same", 8, 7), ((3, 2), (3, 2), "valid", 8, 7), (3, 2, "same", 7, 6)]:
+    x = rng.normal(size=(2, h, w, 3)).astype("float32")
+    ours = layers.ReshapeMaxPooling2D(pool, strides=stride, padding=padding)
+    ref = keras.layers.MaxPooling2D(pool, strides=stride, padding=padding)
+    cot = rng.normal(size=ref.compute_output_shape(x.shape)).astype("float32")
+    grad = lambda layer: jax.grad(lambda v: jnp.sum(layer(v) * cot))
+    hlo = lambda layer: jax.jit(grad(layer)).lower(x).as_text()
+    a, b = np.asarray(ours(x)), np.asarray(ref(x))
+    out["cases"][f"{{pool}}/{{stride}}{{padding}}{{h}}x{{w}}"] = {{
+        "shape": [list(a.shape), list(b.shape)], "value": float(np.abs(a - b).max()),
+        "grad": float(np.abs(np.asarray(grad(ours)(x)) - np.asarray(grad(ref)(x))).max()),
+        "ours": "select_and_scatter" in hlo(ours), "keras": "select_and_scatter" in hlo(ref)}}
+print(json.dumps(out))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env=_env("jax", block_tensorflow=True), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["on"], got
+    for case, r in got["cases"].items():
+        assert r["shape"][0] == r["shape"][1], (case, r)
+        assert r["value"] == 0 and r["grad"] < 1e-6, (case, r)
+        assert r["keras"], (case, r)  # Keras' own layer does scatter
+        assert r["ours"] == case.startswith("3/2"), (case, r)  # only the overlapping window falls back
+
+
 def _round_trip(tmp_path: Path, names: list[str]) -> None:
     saved = _stage("save", tmp_path, names, "tensorflow")["result"]
     fitted = _stage("fit", tmp_path, names, "jax", block_tensorflow=True)

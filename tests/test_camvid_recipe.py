@@ -57,7 +57,9 @@ def test_recipe_trains_until_the_clock_and_reports_both_vals(tmp_path, capsys):
     assert "held-out sequences 0001TP (new streets)" in table and "standard val (0016E5; its frames were trained" in table
     assert table.count("| Road |") == 4 and table.count(cpu) == 4
     assert "same checkpoint with flip averaging" in table and "raw weights (last_raw.keras" in table
-    assert "budget (--max-minutes) ran out" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "budget (--max-minutes) ran out" in printed
+    assert f"epoch 2/{recipe.ENDLESS_EPOCHS} (0." in printed and "min of the --max-minutes budget left)" in printed
     assert not (out / "pilot").exists()
 
 

@@ -102,6 +102,31 @@ def test_ratios_and_fraction_of_the_matmul_rate(gpu_bench):
     assert "torch (eager)" in table and "skipped x@1x1: time budget" in table
 
 
+def test_keras_layers_contender_gets_its_own_row_and_ratio(gpu_bench):
+    fig = {"infer_ms_per_image": 2.0, "forward_flops": 1e12, "params": 3}
+    report = {"matmul_bf16": {"best": 600e12}, "notes": [], "skipped": {}, "device": {}, "groups": {"m@8x8": {
+        "batch": 8, "rounds": 1, "steps_per_round": 1, "fcnseg": fig | {"train_images_per_s": 100.0},
+        "keras_layers": fig | {"train_images_per_s": 40.0, "infer_ms_per_image": 2.5}}}}
+    gpu_bench.derive(report)
+    group = report["groups"]["m@8x8"]
+    assert group["ratio_train_fcnseg_over_keras_layers"] == pytest.approx(2.5)
+    assert group["ratio_infer_fcnseg_over_keras_layers"] == pytest.approx(1.25)
+    assert group["keras_layers"]["train_fraction_of_bf16_matmul"] == pytest.approx(3 * 1e12 * 40 / 600e12)
+    table = gpu_bench.render(report)
+    assert "| m@8x8 | 8 | keras_layers | 40.0 | 2.50 |" in table
+    assert "m@8x8: training 2.50x, inference 1.25x" in table
+
+
+def test_keras_own_layers_switches_both_jax_layers_off_and_back(gpu_bench):
+    from fcnseg.models import layers
+
+    before = layers.pixel_shuffle_transposed_convs, layers.reshape_max_pools
+    seen = gpu_bench.traced_with_keras_layers(lambda: (layers.pixel_shuffle_transposed_convs(),
+                                                       layers.reshape_max_pools()))()
+    assert seen == (False, False)
+    assert (layers.pixel_shuffle_transposed_convs, layers.reshape_max_pools) == before
+
+
 def test_a_failing_torch_compile_falls_back_to_eager_with_a_note(gpu_bench):
     peer = SimpleNamespace(model=object(), fn="compiled", facts={"compiled": True}, ran=[],
                            torch=SimpleNamespace(_dynamo=SimpleNamespace(reset=lambda: None)))

@@ -1,7 +1,7 @@
 """GPU training and inference speed of fcnseg's models under Keras' JAX backend, against PyTorch peers.
 
     python tools/gpu_bench.py [--models fcn8s,linknet-resnet18,...] [--sizes 480x360:8,1024x512:4]
-                              [--rounds 5] [--time-budget 420] [--out gpu_bench.json] [--smoke]
+                              [--rounds 5] [--time-budget 420] [--out gpu_bench.json] [--keras-layers] [--smoke]
 
 Needs only keras, fcnseg, JAX and (for the peer) PyTorch: KERAS_BACKEND is set
 to jax before keras is imported, and TensorFlow is never imported (the JSON
@@ -25,6 +25,10 @@ How it measures (one process, one accelerator):
 * The peer: channels_last, bf16 autocast, fused Adam (on CUDA),
   CrossEntropyLoss(ignore_index=void), torch.compile(model) where it compiles
   (on the GPU; else eager, and the JSON's "note" says why).
+* --keras-layers adds a third contender, "keras_layers": the same fcnseg model
+  traced with Keras' own Conv2DTranspose and MaxPooling2D in place of the
+  pixel-shuffle transposed convolution and reshape max pool fcnseg runs under
+  JAX, so one run gives those layers' before/after side by side.
 * Timing: training steps are queued back to back and the clock stops at
   jax.block_until_ready / torch.cuda.synchronize (img/s); each inference is
   synchronised on its own (ms/image, latency at batch 1).
@@ -175,24 +179,36 @@ def make_train_step(model, optimizer, loss_fn):
 
 
 @contextlib.contextmanager
-def keras_transposed_convs():
-    """Trace transposed convolutions as Keras' own layer does, for the FLOP count: the pixel-shuffle
-    form that fcnseg runs under JAX zero-pads a 3x3 stride-2 kernel to 4x4, taps that do no useful
-    work (and that PyTorch's FlopCounterMode, the check, does not count)."""
+def keras_own_layers():
+    """Trace transposed convolutions and max pools as Keras' own layers do. For the FLOP count: the
+    pixel-shuffle form that fcnseg runs under JAX zero-pads a 3x3 stride-2 kernel to 4x4, taps that
+    do no useful work (and that PyTorch's FlopCounterMode, the check, does not count). For
+    --keras-layers: the model as it ran before fcnseg's JAX layers, beside it in the same run."""
     from fcnseg.models import layers
 
-    chosen = layers.pixel_shuffle_transposed_convs
-    layers.pixel_shuffle_transposed_convs = lambda: False
+    chosen = layers.pixel_shuffle_transposed_convs, layers.reshape_max_pools
+    layers.pixel_shuffle_transposed_convs = layers.reshape_max_pools = lambda: False
     try:
         yield
     finally:
-        layers.pixel_shuffle_transposed_convs = chosen
+        layers.pixel_shuffle_transposed_convs, layers.reshape_max_pools = chosen
+
+
+def traced_with_keras_layers(fn):
+    """``fn`` whose trace (what jax.jit compiles) runs inside :func:`keras_own_layers`."""
+
+    def traced(*args):
+        with keras_own_layers():
+            return fn(*args)
+
+    return traced
 
 
 class FcnsegJax:
     """fcnseg's model under Keras' JAX backend: a jitted stateless train step and a jitted forward."""
 
-    def __init__(self, name: str, w: int, h: int, batch: int, precision: str, width: float = 1.0) -> None:
+    def __init__(self, name: str, w: int, h: int, batch: int, precision: str, width: float = 1.0,
+                 keras_layers: bool = False) -> None:
         import jax
         import keras
         import numpy as np
@@ -209,12 +225,13 @@ class FcnsegJax:
         self.x1 = self.x[:1]
         self.state = tuple([v.value for v in vs] for vs in (model.trainable_variables,
                                                              model.non_trainable_variables, optimizer.variables))
-        self.train_fn = jax.jit(make_train_step(model, optimizer, masked_cross_entropy(NUM_CLASSES)),
-                                donate_argnums=0)
+        step = make_train_step(model, optimizer, masked_cross_entropy(NUM_CLASSES))
         forward = lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=False)[0]  # noqa: E731
-        self.infer_fn = jax.jit(forward)
+        chosen = traced_with_keras_layers if keras_layers else (lambda fn: fn)
+        self.train_fn = jax.jit(chosen(step), donate_argnums=0)
+        self.infer_fn = jax.jit(chosen(forward))
         spec = jax.ShapeDtypeStruct((1, h, w, 3), "float32")
-        with keras_transposed_convs():
+        with keras_own_layers():
             flops = jaxpr_flops(jax.make_jaxpr(forward)(*self.state[:2], spec).jaxpr)
         self.facts = {"params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
                       "forward_flops": flops}
@@ -389,6 +406,8 @@ def group_fits(costs: list[float], now: float, deadline: float) -> bool:
 
 def make_contenders(model: str, w: int, h: int, batch: int, args, notes: list[str]) -> list:
     contenders = [("fcnseg", FcnsegJax(model, w, h, batch, args.precision, args.width))]
+    if args.keras_layers:
+        contenders.append(("keras_layers", FcnsegJax(model, w, h, batch, args.precision, args.width, True)))
     if args.with_torch:
         try:
             contenders.append(("torch", TorchPeer(model, w, h, batch, args.precision, args.torch_compile, args.width)))
@@ -458,11 +477,15 @@ def derive(report: dict) -> None:
         if not ours:
             continue
         flops = ours.get("forward_flops")  # same architecture: fcnseg's count serves both
-        for fig in (ours, peer):
+        for fig in (ours, peer, group.get("keras_layers")):
             if fig and flops:
                 fig["train_flops_per_s"] = 3 * flops * fig["train_images_per_s"]
                 if best:
                     fig["train_fraction_of_bf16_matmul"] = fig["train_flops_per_s"] / best
+        if group.get("keras_layers"):
+            before = group["keras_layers"]
+            group["ratio_train_fcnseg_over_keras_layers"] = ours["train_images_per_s"] / before["train_images_per_s"]
+            group["ratio_infer_fcnseg_over_keras_layers"] = before["infer_ms_per_image"] / ours["infer_ms_per_image"]
         if peer:
             group["ratio_train_fcnseg_over_torch"] = ours["train_images_per_s"] / peer["train_images_per_s"]
             group["ratio_infer_fcnseg_over_torch"] = peer["infer_ms_per_image"] / ours["infer_ms_per_image"]
@@ -470,7 +493,7 @@ def derive(report: dict) -> None:
 
 def _row(key: str, g: dict, label: str, fig: dict) -> str:
     flops, frac = fig.get("forward_flops"), fig.get("train_fraction_of_bf16_matmul")
-    who = label if label == "fcnseg" or fig.get("compiled") else f"{label} (eager)"
+    who = label if label != "torch" or fig.get("compiled") else f"{label} (eager)"
     cells = [key, str(g["batch"]), who, f"{fig['train_images_per_s']:.1f}", f"{fig['infer_ms_per_image']:.2f}",
              f"{flops / 1e9:.1f}" if flops else "-", f"{100 * frac:.0f}%" if frac is not None else "-"]
     if label == "fcnseg" and "ratio_train_fcnseg_over_torch" in g:
@@ -490,7 +513,7 @@ def render(report: dict) -> str:
              "| model @ size | batch | who | train img/s | infer ms/img | GFLOP/img (fwd) | train % bf16 mm "
              "| fcnseg/torch train | fcnseg/torch infer |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
     for key, g in report["groups"].items():
-        for label in ("fcnseg", "torch"):
+        for label in ("fcnseg", "keras_layers", "torch"):
             fig = g.get(label)
             if not fig:
                 continue
@@ -503,6 +526,10 @@ def render(report: dict) -> str:
                          f"{(peer.get('forward_flops') or 0) / 1e9:.2f}; {g['rounds']} rounds x "
                          f"{g['steps_per_round']} steps; warm-up (compiles) fcnseg {ours.get('warm_up_s')} s, "
                          f"torch {peer.get('warm_up_s')} s")
+        if "ratio_train_fcnseg_over_keras_layers" in g:
+            lines.append(f"fcnseg's JAX layers {key}: training {g['ratio_train_fcnseg_over_keras_layers']:.2f}x, "
+                         f"inference {g['ratio_infer_fcnseg_over_keras_layers']:.2f}x the same model with Keras' "
+                         "own Conv2DTranspose and MaxPooling2D")
     lines += [f"note: {n}" for n in report["notes"]]
     lines += [f"skipped {k}: {why}" for k, why in report["skipped"].items()]
     return "\n".join(lines)
@@ -555,6 +582,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--torch-compile", default="auto", choices=["auto", "on", "off"],
                         help="torch.compile the peer (auto: on a CUDA GPU only)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
+    parser.add_argument("--keras-layers", action="store_true",
+                        help="also time each model traced with Keras' own Conv2DTranspose and MaxPooling2D "
+                        "(what fcnseg's JAX layers replace), interleaved with the others: a before/after in one run")
     parser.add_argument("--time-budget", type=float, default=420.0,
                         help="seconds from start: no round or group is begun that would pass it")
     parser.add_argument("--out", default="gpu_bench.json", help="JSON written here ('' for none)")

@@ -3,8 +3,8 @@
 Bilinear kernels for transposed convolutions (Long et al., "Fully Convolutional
 Networks for Semantic Segmentation", CVPR 2015, sec. 3.3), in-model input
 preprocessing, the pad/crop pair that lets every model take any H x W, two
-layers with a faster TensorFlow CPU kernel, and a transposed convolution that
-XLA differentiates fast. Everything is written with
+layers with a faster TensorFlow CPU kernel, and a transposed convolution and a
+max pool that XLA differentiates fast. Everything is written with
 ``keras.ops`` so the models run on every Keras backend; TensorFlow is imported
 only where its kernels are used. All custom layers are registered so a saved
 ``.keras`` model reloads, under any backend.
@@ -387,6 +387,47 @@ class PixelShuffleConv2DTranspose(keras.layers.Conv2DTranspose):
         if self.use_bias:
             y = ops.add(y, ops.reshape(self.bias, (1, 1, 1, cout)))
         return self.activation(y) if self.activation is not None else y
+
+
+def reshape_max_pools() -> bool:
+    """Whether :class:`ReshapeMaxPooling2D` runs as a reshape and a max over each window's axes.
+
+    Under JAX only: XLA differentiates a pooling window (reduce-window max) with a select-and-scatter,
+    which on a CPU under JAX took 3.8x the time of a reshape-and-max's gradient at VGG pool1's size
+    (docs/benchmarks.md, "GPU"). TensorFlow's and PyTorch's own pooling stays.
+    """
+    return keras.backend.backend() == "jax"
+
+
+@keras.saving.register_keras_serializable(package="fcnseg")
+class ReshapeMaxPooling2D(keras.layers.MaxPooling2D):
+    """``keras.layers.MaxPooling2D`` whose windows do not overlap, computed as a reshape and a max.
+
+    With pool size equal to the stride each output pixel owns a p x q block of the input: reshaping
+    (B, H, W, C) to (B, H/p, p, W/q, q, C) and taking the max over the block axes gives the same
+    values, and its gradient is a compare-and-select rather than a select-and-scatter. "valid" drops
+    the rows and columns that do not fill a window, "same" pads them with -inf as Keras does (extra
+    row at the bottom). Where a window holds the maximum more than once the gradient is shared
+    among the ties (Keras' goes to the first); after a ReLU the only likely ties are zeros, whose
+    gradient the ReLU stops either way. Same config as the Keras layer; overlapping windows,
+    channels-first data, and backends where :func:`reshape_max_pools` is false go through it.
+    """
+
+    def _reshapable(self) -> bool:
+        return self.data_format == "channels_last" and tuple(self.pool_size) == tuple(self.strides)
+
+    def call(self, inputs):
+        if not (reshape_max_pools() and self._reshapable()):
+            return super().call(inputs)
+        (ph, pw), (_, rows, cols, channels) = self.pool_size, inputs.shape
+        if self.padding == "same":
+            pad_h, pad_w = -rows % ph, -cols % pw
+            inputs = ops.pad(inputs, [[0, 0], [pad_h // 2, pad_h - pad_h // 2],
+                                      [pad_w // 2, pad_w - pad_w // 2], [0, 0]], constant_values=-np.inf)
+        out_h, out_w = inputs.shape[1] // ph, inputs.shape[2] // pw
+        x = inputs[:, :out_h * ph, :out_w * pw, :]
+        x = ops.reshape(x, (-1, out_h, ph, out_w, pw, channels))
+        return ops.max(x, axis=(2, 4))
 
 
 @keras.saving.register_keras_serializable(package="fcnseg")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import keras
 
-from fcnseg.models.layers import scaled
+from fcnseg.models.layers import ReshapeMaxPooling2D, scaled
 
 # Filters of each conv per block; every block ends in a 2x2/2 max pool.
 VGG16_BLOCKS: tuple[tuple[int, ...], ...] = (
@@ -45,7 +45,7 @@ def apply_vgg_block(x, filters: tuple[int, ...], name: str, width: float = 1.0):
         x = keras.layers.Conv2D(
             scaled(f, width), 3, padding="same", activation="relu", name=f"{name}_conv{i}"
         )(x)
-    return keras.layers.MaxPooling2D(2, strides=2, name=f"{name}_pool")(x)
+    return ReshapeMaxPooling2D(2, strides=2, name=f"{name}_pool")(x)
 
 
 def apply_vgg16(x, width: float = 1.0) -> dict:
