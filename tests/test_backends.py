@@ -100,6 +100,14 @@ print(json.dumps({{"blocked": blocked, "tf": "tensorflow" in sys.modules, "fast"
                                        rel=1e-6)
 
 
+def _jax_json(code: str) -> dict:
+    """Runs ``code`` under JAX with TensorFlow blocked; the JSON its last line prints."""
+    proc = subprocess.run([sys.executable, "-c", code], env=_env("jax", block_tensorflow=True), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def test_patch_matmul_conv_is_one_matrix_product_under_jax_on_a_cpu():
     """Under JAX on a CPU, FCN's fc6 layer lowers to a matrix product, not XLA's convolution (which ran it
     150x slower), and computes Conv2D's values."""
@@ -118,10 +126,7 @@ diff = float(np.abs(np.asarray(patch(x)) - np.asarray(conv(x))).max())
 print(json.dumps({{"on": layers.patch_matmul_convolutions(), "convolution": "convolution" in hlo,
                   "dot": "dot_general" in hlo, "diff": diff}}))
 """
-    proc = subprocess.run([sys.executable, "-c", code], env=_env("jax", block_tensorflow=True), cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = _jax_json(code)
     assert got["on"] and got["dot"] and not got["convolution"], got
     assert got["diff"] < 1e-4, got
 
@@ -162,10 +167,7 @@ for k, s, padding, bias, h, w in [(3, 2, "same", False, 5, 7), (2, 2, "valid", T
         "kernel_grad": rel(ga[0], gb[0]), "input_grad": rel(ga[1], gb[1]), "ours": ours_dil, "keras": ref_dil}}
 print(json.dumps(out))
 """
-    proc = subprocess.run([sys.executable, "-c", code], env=_env("jax", block_tensorflow=True), cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = _jax_json(code)
     assert got["on"], got
     for case, r in got["cases"].items():
         assert r["shape"][0] == r["shape"][1], (case, r)
@@ -201,10 +203,7 @@ for pool, stride, padding, h, w in [(2, 2, "valid", 6, 8), (2, 2, "valid", 7, 5)
         "ours": "select_and_scatter" in hlo(ours), "keras": "select_and_scatter" in hlo(ref)}}
 print(json.dumps(out))
 """
-    proc = subprocess.run([sys.executable, "-c", code], env=_env("jax", block_tensorflow=True), cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    got = _jax_json(code)
     assert got["on"], got
     for case, r in got["cases"].items():
         assert r["shape"][0] == r["shape"][1], (case, r)
