@@ -248,8 +248,9 @@ def train_option(*decls: str, help: str = "", **kwargs):
                    "fbeta(C,BETA), or a weighted sum such as 'fbeta(road,0.5)+fbeta(vehicles,2)'.")
 @click.option("--no-augment", is_flag=True, help="Train without random scale/crop/flip/colour jitter.")
 @train_option("--augment-preset", "augment_preset",
-              help="How strong the augmentation is: default, or strong (wider brightness/contrast/saturation/gamma "
-                   "jitter, for test images lit otherwise than training's).")
+              help="How strong the augmentation is: default; strong (wider brightness/contrast/saturation/gamma "
+                   "jitter, for test images lit otherwise than training's); strong-wide (strong, and random scale "
+                   "0.5-2.0 instead of 0.75-1.25).")
 @train_option("--seed", "seed", type=int)
 @train_option("--run-dir", "run_dir", default=None, type=click.Path(),
               help="Where checkpoints, config and TensorBoard logs go (default: runs/DATE-TIME-MODEL).")

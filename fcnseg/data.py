@@ -52,7 +52,11 @@ NO_AUGMENT = Augment(scale=(1.0, 1.0), flip=False, brightness=0.0, contrast=0.0,
 # --augment-preset: "strong" widens the photometric jitter (about torchvision's ColorJitter(0.4, 0.4, 0.4)
 # plus gamma 0.5-1.5) for data whose test images may be lit otherwise than training's, e.g. CamVid's dusk
 # sequence 0001TP (mean grey 59) against the daylight ones (100-139); the geometry stays the default's.
-AUGMENTS = {"default": Augment(), "strong": Augment(brightness=0.25, contrast=0.4, saturation=0.4, gamma=0.5)}
+# "strong-wide" adds mmsegmentation's usual random scale range for road scenes (ratio_range 0.5-2.0): objects
+# at half to twice their stored size, void padding where the zoomed-out image is smaller than the crop.
+_STRONG_JITTER = dict(brightness=0.25, contrast=0.4, saturation=0.4, gamma=0.5)
+AUGMENTS = {"default": Augment(), "strong": Augment(**_STRONG_JITTER),
+            "strong-wide": Augment(scale=(0.5, 2.0), **_STRONG_JITTER)}
 
 
 # ---------------------------------------------------------------- decoding

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from fcnseg.data import AUGMENTS, photometric
+from fcnseg.data import AUGMENTS, augment_pair, photometric
 from fcnseg.train import TrainConfig, _augment
 
 
@@ -26,6 +26,32 @@ def test_strong_jitter_reaches_darker_images_than_the_default():
     # CamVid's dusk sequence averages 59: a tenth of the strong draws are darker, under 1% of the default's
     assert np.mean(means["strong"] < 59) > 0.1 and np.mean(means["default"] < 59) < 0.01
     assert means["strong"].max() > means["default"].max() + 20
+
+
+def test_strong_wide_zooms_objects_out_and_in_further_than_strong():
+    import tensorflow as tf
+
+    image = tf.zeros([32, 32, 3])
+    label = tf.pad(tf.ones([8, 8], tf.int32), [[12, 12], [12, 12]])  # an 8x8 object of class 1 in class 0
+    stats = {}
+    for name in ("strong", "strong-wide"):
+        pairs = [augment_pair(image, label, tf.constant([s, 7]), (32, 32), 255, AUGMENTS[name])[1] for s in range(60)]
+        stats[name] = (max(int(tf.reduce_sum(tf.cast(p == 1, tf.int32))) for p in pairs),
+                       max(float(tf.reduce_mean(tf.cast(p == 255, tf.float32))) for p in pairs))
+    # 0.75-1.25x: the object at most 10x10, at most 1 - 0.75^2 of the crop void padding; 0.5-2x: up to
+    # 16x16, and up to 1 - 0.5^2 of the crop void (never a class the label does not have)
+    assert stats["strong"][0] <= 100 and stats["strong"][1] <= 0.4375
+    assert stats["strong-wide"][0] > 180 and stats["strong-wide"][1] > 0.6
+
+
+def test_every_preset_is_described_in_the_cli_help():
+    from click.testing import CliRunner
+
+    from fcnseg.cli import main
+
+    text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    for name in AUGMENTS:
+        assert f"{name} (" in text or f"{name};" in text, name
 
 
 def test_cli_records_the_preset_and_refuses_an_unknown_one(tmp_path):
