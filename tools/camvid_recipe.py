@@ -177,7 +177,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "480x360 frames), or with --no-native-crops on whole frames shrunk to that size")
     parser.add_argument("--augment-preset", default="strong", choices=sorted(augment_presets()),
                         help="fcnseg train --augment-preset: strong (the recipe's default) widens the "
-                             "photometric jitter; default is fcnseg train's own")
+                             "photometric jitter; default is fcnseg train's own; strong-wide adds a random scale "
+                             "of 0.5-2.0 (measured below strong here: docs/benchmarks.md)")
     parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                         help="fcnseg train --ema: evaluate a moving average of the weights (0 = off); the raw "
                              "weights of the same run are scored on the held-out split too, for comparison")
