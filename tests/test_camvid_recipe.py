@@ -118,6 +118,9 @@ def test_augment_preset_and_ema_reach_the_training_config(tmp_path):
     assert recipe_default.input_norm == "per-image"
     plain = recipe.recipe_config(recipe.parse_args(["--input-norm", "encoder"]), str(tmp_path / "p"), 10, None, 1.0)
     assert plain.input_norm == "encoder"
+    assert recipe_default.weight_decay == 0.0
+    decayed = recipe.recipe_config(recipe.parse_args(["--weight-decay", "0.05"]), str(tmp_path / "w"), 10, None, 1.0)
+    assert decayed.weight_decay == 0.05
     # strong widens every photometric range and leaves the geometry alone
     strong, default = AUGMENTS["strong"], AUGMENTS["default"]
     assert all(getattr(strong, k) > getattr(default, k) for k in ("brightness", "contrast", "saturation", "gamma"))

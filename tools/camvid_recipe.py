@@ -109,6 +109,7 @@ def recipe_config(args, run_dir: str, epochs: int, steps_per_epoch: int | None, 
         data_source="camvid", data_dir=args.data_dir, model="linknet", encoder="resnet18",
         width=getattr(args, "model_width", 1.0), source_options=options, image_size=image_size, epochs=epochs, batch_size=args.batch_size,
         steps_per_epoch=steps_per_epoch, learning_rate=args.lr, schedule="onecycle",
+        weight_decay=getattr(args, "weight_decay", 0.0),
         loss=getattr(args, "loss", "ce+dice"), class_weights=CLASS_WEIGHTS[args.weights], augment=True, image_every=0, seed=args.seed,
         augment_preset=getattr(args, "augment_preset", "strong"), input_norm=getattr(args, "input_norm", "per-image"),
         run_dir=run_dir, save_every=10**9, max_minutes=max_minutes,
@@ -170,6 +171,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=4e-3,
                         help="one-cycle peak learning rate (Adam); 4e-3 scored above 2e-3 and 8e-3 held-out "
                              "(docs/benchmarks.md)")
+    parser.add_argument("--weight-decay", type=float, default=0.0,
+                        help="fcnseg train --weight-decay: decoupled weight decay (AdamW) on every weight; "
+                             "0 = plain Adam")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", default="sqrt", choices=sorted(CLASS_WEIGHTS),
                         help="cross-entropy class weights: SegNet's median-frequency weights, their square roots, or none")
