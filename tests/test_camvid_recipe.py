@@ -80,6 +80,11 @@ def test_recipe_refuses_an_unknown_sequence_in_one_line_before_making_out(tmp_pa
                      "--passes-per-validation", "0"])
     assert str(e.value) == "Error: --passes-per-validation 0: must be at least 1"
     assert not (tmp_path / "out").exists()
+    for option, value in (("--weight-decay", "-1"), ("--ema", "2")):
+        with pytest.raises(SystemExit) as e:
+            recipe.main(["--minutes", "0.1", "--data-dir", str(data), "--out", str(tmp_path / "out"), option, value])
+        assert str(e.value).startswith(f"Error: {option} ") and "out of range" in str(e.value)
+        assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
 
 
 def test_standard_split_labels_only_the_standard_val():

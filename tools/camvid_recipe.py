@@ -218,19 +218,21 @@ def main(argv=None) -> None:
 
     from fcnseg.errors import FcnsegError
     from fcnseg.losses import parse_spec
+    from fcnseg.options import validate
     from fcnseg.train import train
 
     if args.passes_per_validation < 1:
         raise SystemExit(f"Error: --passes-per-validation {args.passes_per_validation}: must be at least 1")
-    try:  # an unknown --val-sequences or --loss: one line, as fcnseg's own commands, before OUT is made
+    run_dir = os.path.join(args.out, "train")
+    try:  # an unknown --val-sequences or --loss, an --ema out of range: one line, before OUT is made
         parse_spec(args.loss)
         steps_per_pass = train_steps_per_epoch(args.data_dir, args.batch_size, args.val_sequences)
+        left_min = args.minutes - (time.time() - start) / 60
+        config = recipe_config(args, run_dir, ENDLESS_EPOCHS, steps_per_pass * args.passes_per_validation, left_min)
+        validate(config)
     except FcnsegError as e:
         raise SystemExit(f"Error: {e}") from None
     os.makedirs(args.out)
-    run_dir = os.path.join(args.out, "train")
-    left_min = args.minutes - (time.time() - start) / 60
-    config = recipe_config(args, run_dir, ENDLESS_EPOCHS, steps_per_pass * args.passes_per_validation, left_min)
     train(config, log=log)
     trained_min = (time.time() - start) / 60
     with open(os.path.join(run_dir, "history.json")) as f:
