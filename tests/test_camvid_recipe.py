@@ -130,3 +130,18 @@ def test_augment_preset_and_ema_reach_the_training_config(tmp_path):
     strong, default = AUGMENTS["strong"], AUGMENTS["default"]
     assert all(getattr(strong, k) > getattr(default, k) for k in ("brightness", "contrast", "saturation", "gamma"))
     assert (strong.scale, strong.flip) == (default.scale, default.flip)
+
+
+@pytest.mark.parametrize("units, expected", [(("AMX", "AVX512_BF16"), "bfloat16"), (("AVX512_BF16",), "bfloat16"),
+                                             ((), "float32")])
+def test_auto_precision_is_bfloat16_where_the_cpu_has_bf16_units(monkeypatch, units, expected):
+    import tensorflow as tf
+
+    import fcnseg.machine
+
+    recipe = load_recipe()
+    monkeypatch.setattr(fcnseg.machine, "cpu_bf16_units", lambda cpuinfo=None: units)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    assert recipe.resolve_precision("auto") == expected
+    assert recipe.resolve_precision("float32") == "float32"
+    assert recipe.cpu_model().endswith("cores" + "".join(", " + unit for unit in units))

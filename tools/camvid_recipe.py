@@ -120,24 +120,11 @@ def recipe_config(args, run_dir: str, epochs: int, steps_per_epoch: int | None, 
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo and the cores this process may use (every figure names it)."""
-    name = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
-    except OSError:
-        pass
+    """The CPU's model name, the cores this process may use and its bfloat16 units (every figure names them)."""
+    from fcnseg.machine import cpu_bf16_units, cpu_name
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{name}, {cores} cores" + (", AMX" if cpu_has_amx() else "")
-
-
-def cpu_has_amx() -> bool:
-    """True where /proc/cpuinfo lists AMX bfloat16 tiles (Intel Sapphire Rapids and later)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and " amx_bf16" in line for line in f)
-    except OSError:
-        return False
+    return ", ".join((cpu_name(), f"{cores} cores") + cpu_bf16_units())
 
 
 def resolve_precision(choice: str) -> str:
@@ -145,7 +132,9 @@ def resolve_precision(choice: str) -> str:
         return choice
     import tensorflow as tf
 
-    return "bfloat16" if cpu_has_amx() or tf.config.list_physical_devices("GPU") else "float32"
+    from fcnseg.machine import cpu_bf16_units
+
+    return "bfloat16" if cpu_bf16_units() or tf.config.list_physical_devices("GPU") else "float32"
 
 
 def input_norms() -> tuple:
@@ -181,7 +170,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", default="sqrt", choices=sorted(CLASS_WEIGHTS),
                         help="cross-entropy class weights: SegNet's median-frequency weights, their square roots, or none")
     parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
-                        help="auto: mixed bfloat16 on a GPU or a CPU with AMX, else float32")
+                        help="auto: mixed bfloat16 on a GPU or a CPU with AMX or AVX512_BF16, else float32")
     parser.add_argument("--native-crops", action=argparse.BooleanOptionalAction, default=True,
                         help="train on random --width x --height crops of the 480x360 frames at their stored "
                              "scale (thin classes keep their pixels; validation and inference then run whole "
